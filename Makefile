@@ -1,0 +1,28 @@
+# make bench: set up .venv, run the default benchmark, write the report.
+# make test:  set up .venv, lint, run the test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: bench test setup report clean-venv
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+bench: setup
+	$(BIN)/python -m benchmark.run
+	$(BIN)/python -m benchmark.report
+
+report: setup
+	$(BIN)/python -m benchmark.report
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,101 @@
+"""What a run costs: wall time and peak memory, measured the same way for every method.
+
+On CUDA the peak is the caching allocator's high-water mark of allocated memory. A CPU has
+no such counter, so there the peak is how far the process's resident memory rose above its
+level at the start of training, sampled every 10 ms (after returning freed heap pages to the
+system, so an earlier run in the same process does not hide this one's growth). The two are
+different quantities and records say which one they hold (`cost.memory_kind`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import threading
+import time
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        return None
+
+
+def _trim_heap() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Context manager; `.mb` holds the peak in MiB afterwards (None if not measurable)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mb: float | None = None
+        self.kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss_increase"
+        self._stop = threading.Event()
+        self._peak = 0
+        self._base = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        _trim_heap()
+        base = _rss_bytes()
+        if base is None:
+            return self
+        self._base = self._peak = base
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            rss = _rss_bytes() or 0
+            self._peak = max(self._peak, rss)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, _rss_bytes() or 0)
+            self.mb = (self._peak - self._base) / 2**20
+
+
+class Stopwatch:
+    """Wall time of a block, waiting for queued CUDA work at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"

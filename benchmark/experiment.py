@@ -1,0 +1,171 @@
+"""One run: a resolved configuration in, a result record out (SPEC 5.2).
+
+configuration -> method -> data -> model(s) -> train -> evaluate -> Δm -> record. The
+single-task reference that Δm needs is itself a run: it is looked up by its own key and
+trained first when it does not exist yet, so every later run of the same setting reuses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from benchmark.cost import device_name
+from benchmark.data import MultiTaskData, dataset_info, load_dataset
+from benchmark.metrics import delta_m
+from benchmark.model import build_model
+from benchmark.records import SCHEMA, finished_record, run_dir, write_json_atomic
+from benchmark.tasks import TASKS
+from benchmark.train import resolve_device, train_and_evaluate
+from methods.base import instantiate_method
+
+CONF_DIR = Path(__file__).parent / "conf"
+REFERENCE_METHOD = "single_task"
+
+
+def reference_config(cfg: DictConfig) -> DictConfig:
+    """The same setting (dataset, backbone, budget, seed) with the single-task method."""
+    ref = copy.deepcopy(cfg)
+    with open(CONF_DIR / "method" / f"{REFERENCE_METHOD}.yaml") as f:
+        ref.method = OmegaConf.load(f)
+    return ref
+
+
+class DataCache:
+    """Keeps the last dataset loaded, so a sweep over methods loads it once."""
+
+    def __init__(self):
+        self._key: str | None = None
+        self._data: MultiTaskData | None = None
+
+    def get(self, cfg: DictConfig, progress: bool) -> MultiTaskData:
+        key = OmegaConf.to_yaml(cfg)
+        if key != self._key:
+            self._data = load_dataset(cfg, progress=progress)
+            self._key = key
+        return self._data
+
+
+def run_experiment(cfg: DictConfig, cache: DataCache | None = None, log=tqdm.write) -> dict:
+    """Train and evaluate `cfg` unless its record exists; return the record."""
+    method = instantiate_method(cfg.method)
+    directory = run_dir(cfg, method.label)
+    done = None if cfg.force else finished_record(directory)
+    if done is not None:
+        log(f"skip {method.label} seed {cfg.seed}: finished in {directory} (force=true re-runs)")
+        return done
+
+    reference = None
+    if method.name != REFERENCE_METHOD:
+        ref_cfg = reference_config(cfg)
+        ref_cfg.force = False
+        if finished_record(run_dir(ref_cfg, instantiate_method(ref_cfg.method).label)) is None:
+            log("Δm needs the single-task reference of this setting: training it first")
+        reference = run_experiment(ref_cfg, cache, log)
+
+    cache = cache or DataCache()
+    device = resolve_device(cfg.device)
+    info = dataset_info(cfg.dataset)
+    data = cache.get(cfg.dataset, cfg.progress)
+    groups = method.task_groups(info.tasks)
+    results = []
+    for tasks in groups:
+        torch.manual_seed(cfg.seed)
+        model = build_model(method, cfg, info, tasks)
+        desc = method.label + (f" [{'+'.join(tasks)}]" if len(groups) > 1 else "")
+        results.append(
+            train_and_evaluate(model, data, cfg.budget, device, cfg.seed, cfg.progress, desc)
+        )
+        del model
+
+    metrics = {task: m for r in results for task, m in r.metrics.items()}
+    metrics = {task: metrics[task] for task in info.tasks}
+    if reference is not None:
+        score = delta_m(metrics, reference["metrics"], info.tasks)
+    else:
+        score = delta_m(metrics, metrics, info.tasks)  # the reference itself: 0 by definition
+    seconds = sum(r.train_seconds for r in results)
+    images = sum(r.train_images for r in results)
+    peaks = [r.peak_memory_mb for r in results if r.peak_memory_mb is not None]
+    record = {
+        "schema": SCHEMA,
+        "status": "ok",
+        "error": None,
+        "method": method.name,
+        "label": method.label,
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+        "dataset": info.name,
+        "tasks": info.tasks,
+        "backbone": cfg.backbone.name,
+        "budget": cfg.budget.name,
+        "seed": cfg.seed,
+        "eval_resolution": info.eval_resolution,
+        "params": {
+            "trainable": sum(r.trainable for r in results),
+            "total": sum(r.total for r in results),
+            "decoders": sum(r.decoders for r in results),
+        },
+        "metrics": metrics,
+        "primary": {t: TASKS[t].primary_key for t in info.tasks},
+        "delta_m": score,
+        "reference": None if reference is None else reference.get("run_dir"),
+        "cost": {
+            "train_seconds": seconds,
+            "train_images": images,
+            "train_images_per_second": images / seconds if seconds else None,
+            "peak_memory_mb": max(peaks) if peaks else None,
+            "memory_kind": results[0].memory_kind,
+            "device": device_name(device),
+            "world_size": 1,
+        },
+        "final_loss": {"+".join(r.tasks): r.final_loss for r in results},
+        "run_dir": str(directory),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": versions(),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    write_json_atomic(directory / "result.json", record)
+    log(summary_line(record))
+    return record
+
+
+def summary_line(record: dict) -> str:
+    parts = [f"{record['label']} seed {record['seed']}:"]
+    for task, key in record["primary"].items():
+        metric = key.split(".", 1)[1]
+        parts.append(f"{key} {record['metrics'][task][metric]:.2f}")
+    if record["delta_m"] is not None:
+        parts.append(f"Δm {record['delta_m']:+.2f}%")
+    parts.append(f"{record['params']['trainable'] / 1e6:.2f} M trainable")
+    parts.append(f"{record['cost']['train_seconds']:.0f} s")
+    return " | ".join(parts)
+
+
+def versions() -> dict:
+    import timm
+
+    from benchmark import __version__
+
+    out = {
+        "mtpeft": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "cuda": torch.version.cuda,
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5,
+        )
+        out["commit"] = commit.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["commit"] = None
+    return out

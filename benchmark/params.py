@@ -1,0 +1,101 @@
+"""`python -m benchmark.params [overrides] [format=json]`: trainable parameters per method.
+
+Builds every method's model on the meta device (no data, no weights, no memory) and prints
+its trainable and total parameters beside the count its paper reports for Swin-T on
+PASCAL-Context, e.g.
+
+    python -m benchmark.params dataset=pascal_context backbone=swin_tiny
+
+Takes the overrides of `benchmark.run`; without `method=` it lists every method.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+from tabulate import tabulate
+
+from benchmark.errors import UserError
+from benchmark.run import choices, compose_all, expand
+
+
+def count(cfg) -> dict:
+    from benchmark.data import dataset_info
+    from benchmark.model import build_model, count_parameters
+    from methods.base import instantiate_method
+
+    method = instantiate_method(cfg.method)
+    info = dataset_info(cfg.dataset)
+    trainable = total = decoders = 0
+    with torch.device("meta"):
+        for tasks in method.task_groups(info.tasks):
+            model = build_model(method, cfg, info, tasks, load_weights=False)
+            trainable += count_parameters(model, trainable_only=True)
+            total += count_parameters(model)
+            decoders += count_parameters(model.decoders)
+    return {
+        "method": method.name,
+        "label": method.label,
+        "trainable": trainable,
+        "total": total,
+        "decoders": decoders,
+        "paper_trainable_m": method.paper_trainable_m,
+        "encoder_mode": _mode(method, cfg, info),
+        "dataset": info.name,
+        "backbone": cfg.backbone.name,
+    }
+
+
+def _mode(method, cfg, info) -> str:
+    from benchmark.backbone import build_backbone
+
+    with torch.device("meta"):
+        backbone = build_backbone(cfg.backbone, info.image_size, 0.0, load_weights=False)
+        return method.build_encoder(backbone, info.tasks).mode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fmt = "table"
+    rest = []
+    for arg in argv:
+        if arg.startswith("format="):
+            fmt = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    try:
+        if fmt not in ("table", "json"):
+            raise UserError(f"unknown format {fmt!r}; choose from table, json")
+        if not any(a.startswith("method=") for a in rest):
+            rest.append("method=" + ",".join(m for m in choices("method") if m != "custom"))
+        rows = [count(cfg) for cfg in compose_all(expand(rest))]
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    table = [
+        [
+            r["label"],
+            f"{r['trainable']:,}",
+            f"{r['trainable'] / 1e6:.2f}",
+            "" if r["paper_trainable_m"] is None else f"{r['paper_trainable_m']:.2f}",
+            f"{r['total']:,}",
+            r["encoder_mode"],
+        ]
+        for r in rows
+    ]
+    first = rows[0]
+    print(f"dataset {first['dataset']}, backbone {first['backbone']}")
+    headers = ["method", "trainable", "M", "paper M (Swin-T, PASCAL)", "total", "encoder"]
+    print(tabulate(table, headers=headers, colalign=("left", "right", "right", "right", "right")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Result records (SPEC 5.2): where a run's record lives, and writing and reading it.
+
+A run's directory is named by what determines its result: the method and its options, the
+dataset, the backbone, the budget and the seed. Paths and bookkeeping keys (dataset root,
+cache directory, results directory, device) do not enter the key, so moving the data does
+not invalidate finished runs. Layout:
+
+    results_dir/<dataset>/<backbone>/<budget>/<method label>-seed<k>-<key>/result.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+SCHEMA = 1
+# Keys that locate files rather than define the experiment.
+_NOT_IN_KEY = {"root", "cache_dir"}
+
+
+def run_key(cfg: DictConfig) -> str:
+    parts = {
+        group: {
+            k: v
+            for k, v in OmegaConf.to_container(cfg[group], resolve=True).items()
+            if k not in _NOT_IN_KEY
+        }
+        for group in ("method", "dataset", "backbone", "budget")
+    }
+    parts["seed"] = cfg.seed
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "run"
+
+
+def run_dir(cfg: DictConfig, label: str) -> Path:
+    name = f"{slug(label)}-seed{cfg.seed}-{run_key(cfg)}"
+    return Path(cfg.results_dir) / cfg.dataset.name / cfg.backbone.name / cfg.budget.name / name
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary file in the same directory, then rename over `path`: a reader
+    (or a crash) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at `path`, or None if absent or unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def finished_record(directory: Path) -> dict | None:
+    record = read_record(directory / "result.json")
+    return record if record and record.get("status") == "ok" else None
+
+
+def iter_records(results_dir: Path) -> Iterator[tuple[Path, dict | None]]:
+    """Every `result.json` below `results_dir` with its parsed content (None if malformed)."""
+    for path in sorted(Path(results_dir).rglob("result.json")):
+        yield path, read_record(path)

@@ -1,0 +1,193 @@
+"""`python -m benchmark.run [overrides]`: run the cartesian product of the overrides.
+
+    python -m benchmark.run                                 # the default benchmark (sweep=default)
+    python -m benchmark.run method=full_ft,decoders_only seed=0,1,2
+    python -m benchmark.run method=full_ft budget=smoke budget.epochs=2
+
+Overrides are hydra's (config groups `method`, `dataset`, `backbone`, `budget`; keys such as
+`seed`, `results_dir`, `budget.lr`); comma lists and `range(...)` sweep without `-m`. Without
+a `method=` override the methods of `sweep=NAME` (conf/sweep/NAME.yaml) run. Every
+configuration is composed and checked before the first run starts, the single-task
+references run first, and a run that fails is recorded as failed while the sweep goes on.
+Exit status: 0 when every run finished, 1 when some failed, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from tqdm.auto import tqdm
+
+from benchmark.errors import UserError
+
+CONF_DIR = Path(__file__).parent / "conf"
+GROUPS = ("method", "dataset", "backbone", "budget")
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def sweep_methods(name: str) -> list[str]:
+    path = CONF_DIR / "sweep" / f"{name}.yaml"
+    if not path.exists():
+        raise UserError(f"unknown sweep {name!r}; choose from {', '.join(choices('sweep'))}")
+    return list(OmegaConf.load(path).methods)
+
+
+def expand(overrides: Sequence[str]) -> list[list[str]]:
+    """The cartesian product of the overrides, as one override list per configuration."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as err:
+        raise UserError(f"cannot parse the overrides: {_first_line(err)}") from None
+    axes: dict[str, list[str]] = {}
+    sweep = "default"
+    for o in parsed:
+        key = o.get_key_element()
+        if key == "sweep":
+            sweep = o.get_value_element_as_str()
+            continue
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                raise UserError(f"{key}: only lists, choice() and range() sweep here")
+            values = list(o.sweep_string_iterator())
+        else:
+            values = [o.get_value_element_as_str()]
+        if o.key_or_group in GROUPS and o.package is None:
+            for value in values:
+                if value not in choices(o.key_or_group):
+                    raise UserError(
+                        f"unknown {o.key_or_group} {value!r}; choose from "
+                        f"{', '.join(choices(o.key_or_group))}"
+                    )
+        axes[key] = [f"{key}={v}" for v in values]
+    if "method" not in axes:
+        axes = {"method": [f"method={m}" for m in sweep_methods(sweep)], **axes}
+    return [list(combo) for combo in itertools.product(*axes.values())]
+
+
+def compose_all(combos: list[list[str]]) -> list[DictConfig]:
+    GlobalHydra.instance().clear()
+    with initialize_config_module("benchmark.conf", version_base="1.3"):
+        configs = []
+        for combo in combos:
+            try:
+                configs.append(compose(config_name="config", overrides=combo))
+            except (HydraException, OmegaConfBaseException) as err:
+                raise UserError(_explain(err, combo)) from None
+    for cfg in configs:
+        validate(cfg)
+    return configs
+
+
+def validate(cfg: DictConfig) -> None:
+    from benchmark.data import dataset_info
+
+    budget = cfg.budget
+    for key in ("epochs", "batch_size"):
+        if not isinstance(budget[key], int) or budget[key] < 1:
+            raise UserError(f"budget.{key} must be a whole number >= 1, got {budget[key]}")
+    if not budget.lr > 0:
+        raise UserError(f"budget.lr must be positive, got {budget.lr}")
+    if not isinstance(cfg.seed, int):
+        raise UserError(f"seed must be a whole number, got {cfg.seed!r}")
+    dataset_info(cfg.dataset)
+
+
+def _explain(err: BaseException, combo: list[str]) -> str:
+    """Hydra's composition error as one line; an unknown key lists the valid ones."""
+    text = str(err)
+    if text.startswith("Could not override '"):
+        key = text.split("'")[1]
+        group, _, _ = key.rpartition(".")
+        selections = [o for o in combo if o.split("=", 1)[0] in GROUPS]
+        base = compose(config_name="config", overrides=selections)
+        node = OmegaConf.select(base, group) if group else base
+        valid = ", ".join(k for k in node if not str(k).startswith("_")) if node else ""
+        where = f"{group}" if group else "the config"
+        return f"unknown key {key!r}; the keys of {where} are: {valid}"
+    return _first_line(err)
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split("\n")[0:1]).strip()
+    # hydra lists the options of a missing config on the following lines
+    options = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    if options and "Available options" in str(err):
+        return f"{text}; {' '.join(options)}"
+    return text
+
+
+def run_sweep(configs: list[DictConfig]) -> int:
+    from benchmark.experiment import REFERENCE_METHOD, DataCache, run_experiment
+    from benchmark.records import run_dir, write_json_atomic
+
+    # References first: every other run of the same setting needs them for Δm.
+    configs = sorted(configs, key=lambda c: c.method.name != REFERENCE_METHOD)
+    cache = DataCache()
+    failures = []
+    progress = all(c.progress for c in configs)
+    bar = tqdm(configs, desc="sweep", unit="run", disable=not progress or len(configs) == 1)
+    for cfg in bar:
+        bar.set_postfix_str(f"{cfg.method.name} seed {cfg.seed}")
+        try:
+            run_experiment(cfg, cache)
+        except UserError:
+            raise
+        except Exception as err:  # one run failing must not stop the sweep
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                traceback.print_exc()
+            message = f"{type(err).__name__}: {err}"
+            failures.append(f"{cfg.method.name} seed {cfg.seed}: {message}")
+            tqdm.write(f"FAILED {cfg.method.name} seed {cfg.seed}: {message}")
+            record = {
+                "schema": 1, "status": "failed", "error": message,
+                "method": cfg.method.name, "label": cfg.method.name,
+                "dataset": cfg.dataset.name, "tasks": list(cfg.dataset.tasks),
+                "backbone": cfg.backbone.name, "budget": cfg.budget.name, "seed": cfg.seed,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+            write_json_atomic(run_dir(cfg, cfg.method.name) / "result.json", record)
+    bar.close()
+    if failures:
+        print(f"{len(failures)} of {len(configs)} runs failed:", file=sys.stderr)
+        for line in failures:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        for group in (*GROUPS, "sweep"):
+            print(f"  {group}: {', '.join(choices(group))}")
+        return 0
+    try:
+        configs = compose_all(expand(argv))
+        return run_sweep(configs)
+    except UserError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept in their result.json", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

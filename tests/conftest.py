@@ -1,0 +1,32 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small synthetic splits so that command-line tests render in well under a second.
+SMALL_DATA = ["dataset.train_size=24", "dataset.val_size=8"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory) -> Path:
+    """Every test renders into its own cache, never the user's."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("MTPEFT_CACHE")
+    os.environ["MTPEFT_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MTPEFT_CACHE", None)
+    else:
+        os.environ["MTPEFT_CACHE"] = old
+
+
+def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )

@@ -1,0 +1,112 @@
+"""The command-line contracts of SPEC 5.1: sweeps, records, bad input, params, report."""
+
+import json
+
+import pytest
+
+from benchmark.records import iter_records
+from tests.conftest import SMALL_DATA, run_cli
+
+SMOKE = ["budget=smoke", *SMALL_DATA]
+
+
+@pytest.mark.parametrize(
+    ("override", "name", "valid"),
+    [
+        ("method=nope", "unknown method 'nope'", "decoders_only"),
+        ("dataset=imagenet", "unknown dataset 'imagenet'", "pascal_context"),
+        ("backbone=resnet50", "unknown backbone 'resnet50'", "swin_tiny"),
+        ("budget=huge", "unknown budget 'huge'", "smoke"),
+        ("method=full_ft,nope", "unknown method 'nope'", "single_task"),
+    ],
+)
+def test_unknown_names_give_one_line_with_the_choices_and_exit_2(tmp_path, override, name, valid):
+    proc = run_cli("benchmark.run", override, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert name in lines[0] and valid in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("budget.epochs=0", "budget.epochs"),
+        ("budget.batch_size=-3", "budget.batch_size"),
+        ("dataset.tasks=[semseg,foo]", "unknown task 'foo'"),
+        ("budget.epoch=3", "budget.epoch"),
+    ],
+)
+def test_invalid_values_exit_2_without_traceback(tmp_path, override, needle):
+    proc = run_cli("benchmark.run", override, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_smoke_sweep_writes_valid_records_with_delta_m(tmp_path):
+    results = tmp_path / "results"
+    proc = run_cli(
+        "benchmark.run", "method=full_ft,decoders_only", *SMOKE, f"results_dir={results}",
+        "progress=false", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = {r["method"]: r for _, r in iter_records(results)}
+    # the single-task reference was trained once, first, for Δm
+    assert set(records) == {"single_task", "full_ft", "decoders_only"}
+    tasks = ["semseg", "human_parts", "sal", "normals"]
+    for name, r in records.items():
+        assert r["schema"] == 1 and r["status"] == "ok" and r["error"] is None
+        assert r["tasks"] == tasks and r["dataset"] == "synthetic"
+        assert r["backbone"] == "swin_micro" and r["budget"] == "smoke" and r["seed"] == 0
+        assert set(r["metrics"]) == set(tasks)
+        assert 0 <= r["metrics"]["semseg"]["miou"] <= 100
+        assert 0 <= r["metrics"]["normals"]["mean"] <= 180
+        assert isinstance(r["delta_m"], float)
+        assert r["params"]["trainable"] <= r["params"]["total"]
+        assert r["cost"]["train_seconds"] > 0 and r["cost"]["world_size"] == 1
+        assert r["config"]["method"]["name"] == name
+    assert records["single_task"]["delta_m"] == 0.0
+    decoders_only = records["decoders_only"]["params"]
+    assert decoders_only["trainable"] == decoders_only["decoders"]
+    assert records["full_ft"]["params"]["trainable"] == records["full_ft"]["params"]["total"]
+    # nothing but the results directory was written into the working directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+    again = run_cli(
+        "benchmark.run", "method=full_ft", *SMOKE, f"results_dir={results}", "progress=false",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0 and "skip full_ft" in again.stdout + again.stderr
+
+    report = run_cli(
+        "benchmark.report", f"results_dir={results}", f"output_dir={tmp_path / 'reports'}",
+        cwd=tmp_path,
+    )
+    assert report.returncode == 0, report.stderr
+    index = (tmp_path / "reports" / "index.md").read_text()
+    page = next(p for p in (tmp_path / "reports").glob("*.md") if p.name != "index.md").read_text()
+    assert "synthetic" in index
+    for label in ("single task", "full_ft", "decoders_only"):
+        assert f"| {label} " in page
+
+
+def test_params_json_gives_the_exact_pascal_counts(tmp_path):
+    proc = run_cli(
+        "benchmark.params", "dataset=pascal_context", "backbone=swin_tiny",
+        "method=decoders_only,full_ft", "format=json", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["method"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    assert rows["decoders_only"]["trainable"] == 1_946_624
+    assert rows["full_ft"]["trainable"] == 29_464_442
+    assert rows["decoders_only"]["total"] == rows["full_ft"]["total"] == 29_464_442
+    for row in rows.values():
+        assert {"method", "label", "trainable", "total"} <= set(row)
+
+
+def test_report_without_results_exits_2(tmp_path):
+    proc = run_cli("benchmark.report", f"results_dir={tmp_path / 'none'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "no results directory" in proc.stderr
