@@ -24,6 +24,8 @@ from omegaconf import DictConfig
 from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
+from benchmark.errors import UserError
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
@@ -120,20 +122,22 @@ def resolve_weights(cfg: DictConfig) -> Path | None:
         return None
     if str(weights) == "default":
         if not cfg.get("default_weights"):
-            raise ValueError(
+            raise UserError(
                 f"backbone {cfg.name} has no shipped checkpoint; "
                 "give backbone.weights=PATH or backbone.weights=none"
             )
         path = WEIGHTS_DIR / cfg.default_weights
         if not path.exists():
-            raise FileNotFoundError(
+            raise UserError(
                 f"the shipped checkpoint {path.name} is missing; regenerate it with "
                 "`python -m benchmark.pretrain`"
             )
         return path
     path = Path(str(weights)).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"backbone.weights: no file at {path}")
+        raise UserError(
+            f"backbone.weights: no file at {path}; give a checkpoint path, default or none"
+        )
     return path
 
 

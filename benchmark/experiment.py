@@ -65,9 +65,10 @@ def run_experiment(cfg: DictConfig, cache: DataCache | None = None, log=tqdm.wri
     if method.name != REFERENCE_METHOD:
         ref_cfg = reference_config(cfg)
         ref_cfg.force = False
-        if finished_record(run_dir(ref_cfg, instantiate_method(ref_cfg.method).label)) is None:
+        reference = finished_record(run_dir(ref_cfg, instantiate_method(ref_cfg.method).label))
+        if reference is None:
             log("Δm needs the single-task reference of this setting: training it first")
-        reference = run_experiment(ref_cfg, cache, log)
+            reference = run_experiment(ref_cfg, cache, log)
 
     cache = cache or DataCache()
     device = resolve_device(cfg.device)
@@ -137,7 +138,7 @@ def run_experiment(cfg: DictConfig, cache: DataCache | None = None, log=tqdm.wri
 
 
 def summary_line(record: dict) -> str:
-    parts = [f"{record['label']} seed {record['seed']}:"]
+    parts = []
     for task, key in record["primary"].items():
         metric = key.split(".", 1)[1]
         parts.append(f"{key} {record['metrics'][task][metric]:.2f}")
@@ -145,7 +146,7 @@ def summary_line(record: dict) -> str:
         parts.append(f"Δm {record['delta_m']:+.2f}%")
     parts.append(f"{record['params']['trainable'] / 1e6:.2f} M trainable")
     parts.append(f"{record['cost']['train_seconds']:.0f} s")
-    return " | ".join(parts)
+    return f"{record['label']} seed {record['seed']}: " + " | ".join(parts)
 
 
 def versions() -> dict:

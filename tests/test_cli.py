@@ -110,3 +110,20 @@ def test_params_json_gives_the_exact_pascal_counts(tmp_path):
 def test_report_without_results_exits_2(tmp_path):
     proc = run_cli("benchmark.report", f"results_dir={tmp_path / 'none'}", cwd=tmp_path)
     assert proc.returncode == 2 and "no results directory" in proc.stderr
+
+
+def test_the_default_sweep_runs_every_method():
+    from benchmark.run import choices, sweep_methods
+
+    assert set(sweep_methods("default")) == set(choices("method")) - {"custom"}
+
+
+def test_ci_runs_the_readme_test_command():
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert len(commands) == 2
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in [line.strip() for line in ci]

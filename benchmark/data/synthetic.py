@@ -15,12 +15,12 @@ bounding sphere), so every label is exact at the pixel centres.
   horizontally from the camera). Beyond it, and above the horizon, is sky: no geometry.
 * Shapes (`SHAPE_CLASSES`): sphere, box (rotated about the vertical only), cylinder (upright
   or lying on its side), cone (apex up), ellipsoid (one axis stretched 1.6-2.5x, rotated about
-  the vertical) and square pyramid, 4-9 per scene, 0.2-0.9 m in their half extents, 2.8-22 m
+  the vertical) and square pyramid, 3-6 per scene, 0.2-0.9 m in their half extents, 1.8-8 m
   from the camera; a quarter of them float 0.1-0.6 m above the ground, the rest stand on it.
 * Figures (the person analogue, 0-3 per scene, present in about 60 % of the images):
   articulated bodies of height 1.5-2.0 m made of a head (sphere), a torso (ellipsoid,
   leaning), upper and lower arms and legs (capsules) with random shoulder, elbow, hip and knee
-  angles, yaw and position (2.8-11 m away). They stand on the ground (their lowest point
+  angles, yaw and position (2.2-7 m away). They stand on the ground (their lowest point
   touches it).
 * Appearance: colours and textures are drawn independently of the class, so only shape
   identifies a class. Object textures are solid (3D) patterns in the object's own frame:
@@ -41,7 +41,7 @@ Labels (H x W per image)
   which carry the part id (1 head, 2 torso, 3 upper arm, 4 lower arm, 5 upper leg, 6 lower
   leg); if no figure pixel is visible, 255 (ignored) everywhere.
 * `sal` uint8: 1 on the visible pixels of every object (shape or figure) whose ground
-  position lies less than `SALIENT_DISTANCE` (5.5 m, measured horizontally from the camera to
+  position lies less than `SALIENT_DISTANCE` (3.5 m, measured horizontally from the camera to
   the centre of the object's footprint) from the camera, 0 elsewhere. Ground and sky are
   never salient; distant objects are not salient.
 * `normals` float32 (H, W, 3): the unit surface normal in the camera frame, oriented towards
@@ -94,7 +94,7 @@ from functools import lru_cache
 
 import numpy as np
 
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 
 SPLIT_SIZES_DEFAULT = {"train": 1000, "val": 250}
 TASK_ARRAYS = ("image", "semseg", "human_parts", "sal", "normals", "depth", "edge")
@@ -106,8 +106,13 @@ FIGURE_CLASS = 1
 HUMAN_PARTS = ("background", "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg")
 UPSTREAM_CLASSES: tuple[str, ...] = (*SHAPE_CLASSES, "figure", "capsule", "octahedron", "ring")
 
-SALIENT_DISTANCE = 5.5  # metres, horizontal distance from the camera to the object's footprint
+SALIENT_DISTANCE = 3.5  # metres, horizontal distance from the camera to the object's footprint
 FLOOR_RADIUS = 30.0  # metres, horizontal radius of the ground disc around the camera
+# Distances (metres, log-uniform) at which figures and shapes stand. Objects are near enough
+# to span several cells of the decoders' finest map (stride 8, an 8x8 grid at 64 px), as
+# PASCAL's objects do at 448 px; farther ones would be a few pixels wide.
+FIGURE_DISTANCES = (2.2, 7.0)
+SHAPE_DISTANCES = (1.8, 8.0)
 IGNORE = 255
 
 _SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
@@ -813,7 +818,7 @@ def _sample_scene(rng, cam) -> _Scene:
     for _ in range(n_fig):
         height = rng.uniform(1.5, 2.0)
         parts, _ = _make_figure(rng, height)
-        spot = _place(rng, cam, taken, 0.35 * height, (2.8, 11.0))
+        spot = _place(rng, cam, taken, 0.35 * height, FIGURE_DISTANCES)
         if spot is None:
             continue
         x, z, d = spot
@@ -823,11 +828,11 @@ def _sample_scene(rng, cam) -> _Scene:
         pelvis = next(p for p in parts if p.part == 2).c
         material = _figure_material(rng, pelvis, rot)
         sc.add(parts, FIGURE_CLASS, material, d < SALIENT_DISTANCE)
-    for _ in range(rng.integers(4, 10)):
+    for _ in range(rng.integers(3, 7)):
         cls = int(rng.integers(len(SHAPE_CLASSES)))
         prims, bottom = _make_shape(rng, SHAPE_CLASSES[cls])
         footprint = max(p.br for p in prims)
-        spot = _place(rng, cam, taken, footprint, (2.8, 22.0))
+        spot = _place(rng, cam, taken, footprint, SHAPE_DISTANCES)
         if spot is None:
             continue
         x, z, d = spot
