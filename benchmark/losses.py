@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.tasks import IGNORE_INDEX, TASKS, task_spec
+from benchmark.tasks import IGNORE_INDEX, TASKS, single_channel_label, task_spec
 
 __all__ = ["EDGE_POS_WEIGHT", "MultiTaskLoss", "balanced_bce", "task_loss"]
 
@@ -61,21 +61,6 @@ def _mean_over(values: Tensor, valid: Tensor, per_pixel: int = 1) -> Tensor:
     return total / (valid.sum() * per_pixel).clamp_min(1)
 
 
-def _single_channel_label(pred: Tensor, target: Tensor, task: str) -> Tensor:
-    if pred.dim() != 4 or pred.shape[1] != 1:
-        raise ValueError(
-            f"{task}: expected a prediction of shape (N, 1, H, W), got {tuple(pred.shape)}"
-        )
-    if target.dim() == 3:
-        target = target.unsqueeze(1)
-    if target.shape != pred.shape:
-        raise ValueError(
-            f"{task}: label shape {tuple(target.shape)} does not match prediction "
-            f"{tuple(pred.shape)}"
-        )
-    return target
-
-
 @_float32
 def _cross_entropy(pred: Tensor, target: Tensor) -> Tensor:
     if target.dim() == 4 and target.shape[1] == 1:
@@ -91,7 +76,7 @@ def _cross_entropy(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def _balanced_bce_impl(pred: Tensor, target: Tensor, pos_weight: float | None) -> Tensor:
-    target = _single_channel_label(pred, target, "balanced BCE")
+    target = single_channel_label(pred, target, "balanced BCE")
     valid = target != IGNORE_INDEX
     positive = valid & (target >= 0.5)
     # The automatic weight comes from the labels only, so it carries no gradient.
@@ -138,7 +123,7 @@ def _normals_l1(pred: Tensor, target: Tensor) -> Tensor:
 
 @_float32
 def _depth_l1(pred: Tensor, target: Tensor) -> Tensor:
-    target = _single_channel_label(pred, target, "depth").float()
+    target = single_channel_label(pred, target, "depth").float()
     valid = target > 0
     # Zero the unlabelled targets first so that a NaN there cannot reach the gradient.
     target = torch.where(valid, target, torch.zeros_like(target))

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.tasks import FIXED_OUTPUTS, IGNORE_INDEX, task_spec
+from benchmark.tasks import FIXED_OUTPUTS, IGNORE_INDEX, single_channel_label, task_spec
 
 __all__ = [
     "DepthMeter",
@@ -73,22 +73,6 @@ def _linspace_thresholds(device: torch.device) -> Tensor:
 def _f_thresholds(device: torch.device) -> Tensor:
     steps = torch.arange(1, F_THRESHOLD_COUNT + 1, device=device, dtype=torch.float64)
     return (steps * F_THRESHOLD_STEP).to(torch.float32)
-
-
-def _single_channel(pred: Tensor, target: Tensor, task: str) -> tuple[Tensor, Tensor]:
-    """Check an (N, 1, H, W) prediction and bring its label to (N, 1, H, W)."""
-    if pred.dim() != 4 or pred.shape[1] != 1:
-        raise ValueError(
-            f"{task}: expected a prediction of shape (N, 1, H, W), got {tuple(pred.shape)}"
-        )
-    if target.dim() == 3:
-        target = target.unsqueeze(1)
-    if target.shape != pred.shape:
-        raise ValueError(
-            f"{task}: label shape {tuple(target.shape)} does not match prediction "
-            f"{tuple(pred.shape)} (predictions must be at label resolution)"
-        )
-    return pred, target
 
 
 def _suffix_sums(hist: Tensor) -> Tensor:
@@ -329,7 +313,7 @@ class SaliencyMeter(Meter):
         return {"iou_thr": _linspace_thresholds(device), "f_thr": _f_thresholds(device)}
 
     def _update(self, pred: Tensor, target: Tensor) -> None:
-        pred, target = _single_channel(pred, target, "sal")
+        target = single_channel_label(pred, target, "sal")
         n = pred.shape[0]
         prob = torch.sigmoid(pred.float()).reshape(n, -1)
         target = target.reshape(n, -1)
@@ -398,7 +382,7 @@ class EdgeMeter(Meter):
         return {"f_thr": _f_thresholds(device)}
 
     def _update(self, pred: Tensor, target: Tensor) -> None:
-        pred, target = _single_channel(pred, target, "edge")
+        target = single_channel_label(pred, target, "edge")
         prob = torch.sigmoid(pred.float()).reshape(-1)
         target = target.reshape(-1)
         valid = target != self.ignore_index
@@ -492,7 +476,7 @@ class DepthMeter(Meter):
         }
 
     def _update(self, pred: Tensor, target: Tensor) -> None:
-        pred, target = _single_channel(pred, target, "depth")
+        target = single_channel_label(pred, target, "depth")
         pred, target = pred.float(), target.float()
         valid = target > 0
         safe_target = torch.where(valid, target, 1.0)

@@ -95,6 +95,14 @@ def compose_all(combos: list[list[str]]) -> list[DictConfig]:
 def validate(cfg: DictConfig) -> None:
     from benchmark.data import dataset_info
 
+    if OmegaConf.is_missing(cfg.method, "_target_"):
+        raise UserError(
+            f"method={cfg.method.name} needs method._target_=package.module.Class "
+            "(a methods.base.Method subclass importable from here)"
+        )
+    from methods.base import instantiate_method
+
+    instantiate_method(cfg.method)  # unknown options and classes fail here, before any run
     budget = cfg.budget
     for key in ("epochs", "batch_size"):
         if not isinstance(budget[key], int) or budget[key] < 1:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 IGNORE_INDEX = 255
 
 
@@ -58,3 +60,19 @@ def task_spec(name: str) -> TaskSpec:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose from {', '.join(TASKS)}") from None
+
+
+def single_channel_label(pred: Tensor, target: Tensor, task: str) -> Tensor:
+    """Check an (N, 1, H, W) prediction and bring its (N, H, W) label to the same shape."""
+    if pred.dim() != 4 or pred.shape[1] != 1:
+        raise ValueError(
+            f"{task}: expected a prediction of shape (N, 1, H, W), got {tuple(pred.shape)}"
+        )
+    if target.dim() == 3:
+        target = target.unsqueeze(1)
+    if target.shape != pred.shape:
+        raise ValueError(
+            f"{task}: label shape {tuple(target.shape)} does not match prediction "
+            f"{tuple(pred.shape)} (predictions must be at label resolution)"
+        )
+    return target

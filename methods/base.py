@@ -63,7 +63,8 @@ def instantiate_method(method_cfg: DictConfig) -> Method:
         method = instantiate(method_cfg)
     except InstantiationException as err:
         cause = err.__cause__ or err
-        raise UserError(f"method {method_cfg.get('name')}: {cause}") from None
+        message = " ".join(str(cause).split())
+        raise UserError(f"method {method_cfg.get('name')}: {message}") from None
     if not isinstance(method, Method):
         raise UserError(
             f"method._target_ {method_cfg.get('_target_')} is not a methods.base.Method subclass"

@@ -127,3 +127,43 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in [line.strip() for line in ci]
+
+
+@pytest.mark.slow
+def test_a_method_from_another_package_runs_without_editing_the_repo(tmp_path):
+    package = tmp_path / "mymethods"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "norm_tuning.py").write_text(
+        "from benchmark.model import Encoder\n"
+        "from methods.base import Method, freeze\n\n\n"
+        "class NormTuning(Method):\n"
+        "    def __init__(self, name=None, keep_embedding=False):\n"
+        "        super().__init__(name)\n"
+        "        self.keep_embedding = keep_embedding\n\n"
+        "    def build_encoder(self, backbone, tasks):\n"
+        "        freeze(backbone)\n"
+        "        for name, p in backbone.named_parameters():\n"
+        "            if '.norm' in name:\n"
+        "                p.requires_grad_(True)\n"
+        "        return Encoder(backbone, tasks)\n"
+    )
+    results = tmp_path / "results"
+    proc = run_cli(
+        "benchmark.run", "method=custom", "method._target_=mymethods.norm_tuning.NormTuning",
+        "method.name=norm_tuning", "+method.keep_embedding=true", *SMOKE,
+        f"results_dir={results}", "progress=false", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = {r["method"]: r for _, r in iter_records(results)}
+    assert set(records) == {"norm_tuning", "single_task"}
+    run = records["norm_tuning"]
+    assert run["status"] == "ok" and run["method_config"]["keep_embedding"] is True
+    assert run["params"]["decoders"] < run["params"]["trainable"] < run["params"]["total"]
+    assert isinstance(run["delta_m"], float)
+
+
+def test_custom_without_a_target_is_a_one_line_error(tmp_path):
+    proc = run_cli("benchmark.run", "method=custom", cwd=tmp_path)
+    assert proc.returncode == 2 and "method._target_" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
