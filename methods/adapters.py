@@ -1,0 +1,272 @@
+"""Adapter building blocks shared by the adapter family of methods.
+
+- `Adapter`: Houlsby et al.'s bottleneck (ICML 2019), `x + up(act(down(x)))`, initialised
+  near zero so that the adapted network starts as (almost) the pre-trained one.
+- `AdapterSite`, `insert_adapters`: where adapters go in a Swin block.
+- `TaskWeight`, `TaskAdapter`, `GeneratedWeights`, `TaskLayerEmbedding`, `HyperEncoder`:
+  task-conditioned adapters whose weights come from a hypernetwork (Polyhistor,
+  HyperFormer). They hold no parameters of their own: once per forward pass the encoder asks
+  the hypernetwork for every task's weights of every adapter, and each adapter gathers the
+  weights of its samples' tasks (`TaskContext`) and applies them with batched matmuls, so
+  the one pass per task of `PerTaskEncoder` is batched across tasks without any loop over
+  samples.
+
+Placement. A timm Swin block computes `x + drop_path1(attn(norm1(x)))` and then
+`x + drop_path2(mlp(norm2(x)))`. An adapter is put in front of each drop-path module
+(`AdaptedBranch`), so it sees the sub-layer's output after its projection (`attn.proj`,
+`mlp.fc2`) and their dropout, and its output goes through stochastic depth and the residual
+addition: Houlsby's placement ("applied directly to the output of the sub-layer, after the
+projection back to the input size, but before adding the skip connection back"). Wrapping
+the drop-path rather than `attn.proj` has two reasons: `attn.proj` runs on shifted, padded
+windows (num_windows * batch, tokens, C), so a per-sample adapter would have to know the
+window layout, while the drop-path sees the un-windowed map (batch, H, W, C) or
+(batch, H * W, C) whose first dimension is the sample; and the linear layers stay untouched,
+free for other methods' wrappers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmark.backbone import SwinBackbone
+from benchmark.model import PerTaskEncoder, TaskContext
+
+# The two adapters of a block, in the order the block runs them.
+POSITIONS = ("attn", "mlp")
+
+
+class Adapter(nn.Module):
+    """Houlsby's bottleneck adapter: `x + up(gelu(down(x)))` on the last dimension.
+
+    Both projections are drawn from a zero-mean normal with std `init_std` truncated at two
+    standard deviations, biases zero (Houlsby et al., Sec. 2.1: a near-identity start).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        bottleneck: int,
+        init_std: float = 1e-2,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if bottleneck < 1:
+            raise ValueError(f"an adapter needs a bottleneck >= 1, got {bottleneck}")
+        self.init_std = init_std
+        self.down = nn.Linear(dim, bottleneck, device=device, dtype=dtype)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, dim, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.init_std
+        for linear in (self.down, self.up):
+            nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.up(self.act(self.down(x)))
+
+
+class AdaptedBranch(nn.Module):
+    """A block's residual branch ending: the adapter, then the block's own drop-path."""
+
+    def __init__(self, adapter: nn.Module, drop_path: nn.Module):
+        super().__init__()
+        self.adapter = adapter
+        self.drop_path = drop_path
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop_path(self.adapter(x))
+
+
+@dataclass(frozen=True)
+class AdapterSite:
+    """One adapter position: `index` counts sites stage by stage, block by block, attn first."""
+
+    index: int
+    stage: int
+    block: int
+    position: str  # "attn" or "mlp"
+    dim: int  # the block's width
+
+
+def adapter_sites(backbone: SwinBackbone) -> list[AdapterSite]:
+    """Two sites per block (after attention, after the MLP) in execution order."""
+    sites: list[AdapterSite] = []
+    for s, stage in enumerate(backbone.stages):
+        for b, block in enumerate(stage.blocks):
+            for position in POSITIONS:
+                sites.append(AdapterSite(len(sites), s, b, position, block.dim))
+    return sites
+
+
+def insert_adapters(
+    backbone: SwinBackbone, make: Callable[[AdapterSite], nn.Module]
+) -> list[AdapterSite]:
+    """Put `make(site)` after attention and after the MLP of every block; returns the sites."""
+    sites = adapter_sites(backbone)
+    for site in sites:
+        block = backbone.stages[site.stage].blocks[site.block]
+        attr = "drop_path1" if site.position == "attn" else "drop_path2"
+        setattr(block, attr, AdaptedBranch(make(site), getattr(block, attr)))
+    return sites
+
+
+# --- task-conditioned adapters -------------------------------------------------------------
+
+
+@dataclass
+class TaskWeight:
+    """Every task's weight and bias for one adapter projection, kept in factored form.
+
+    For task t the (in x out) matrix is `kron(scale, left[t] @ right[t])`: `left` is
+    (T, a, r), `right` (T, r, b) or None (then `left` is the whole a x b matrix), `scale` a
+    (p, q) kernel shared by the tasks or None (1 x 1), so in = p * a and out = q * b. `bias`
+    is (T, out). The factors are applied one after the other and never multiplied out, so
+    gathering them per sample costs (a + b) * r numbers per sample, not a * b.
+    """
+
+    left: Tensor
+    right: Tensor | None
+    bias: Tensor
+    scale: Tensor | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.left.shape[1] * (1 if self.scale is None else self.scale.shape[0])
+
+    @property
+    def out_features(self) -> int:
+        return self.bias.shape[-1]
+
+    def matrix(self) -> Tensor:
+        """The dense (T, in, out) matrices (for inspection and tests)."""
+        k = self.left if self.right is None else self.left @ self.right
+        if self.scale is None:
+            return k
+        p, q = self.scale.shape
+        t, a, b = k.shape
+        return torch.einsum("pq,tab->tpaqb", self.scale, k).reshape(t, p * a, q * b)
+
+    def apply(self, x: Tensor, task_ids: Tensor) -> Tensor:
+        """`x @ W[task] + bias[task]` per sample: x is (B, N, in), `task_ids` is (B,)."""
+        n, tokens, _ = x.shape
+        a = self.left.shape[1]
+        p = 1 if self.scale is None else self.scale.shape[0]
+        # kron(S, K) acting on a row vector: split it into p chunks of a, map every chunk by
+        # K, then mix the chunks by S (y = S^T X K with X the p x a reshaped input).
+        h = torch.bmm(x.reshape(n, tokens * p, a), self.left[task_ids])
+        if self.right is not None:
+            h = torch.bmm(h, self.right[task_ids])
+        if self.scale is not None:
+            h = torch.einsum("bnpk,pq->bnqk", h.view(n, tokens, p, -1), self.scale)
+        return h.reshape(n, tokens, -1) + self.bias[task_ids].unsqueeze(1)
+
+
+class GeneratedWeights:
+    """The weights a hypernetwork generated for one forward pass, read by the adapters.
+
+    A plain object (like `TaskContext`), so that the adapters can share it without
+    registering the hypernetwork's parameters a second time.
+    """
+
+    def __init__(self) -> None:
+        self._weights: Sequence[tuple[TaskWeight, TaskWeight]] | None = None
+
+    @contextlib.contextmanager
+    def hold(self, weights: Sequence[tuple[TaskWeight, TaskWeight]]) -> Iterator[None]:
+        self._weights = weights
+        try:
+            yield
+        finally:
+            self._weights = None
+
+    def get(self, index: int) -> tuple[TaskWeight, TaskWeight]:
+        if self._weights is None:
+            raise RuntimeError("a generated adapter ran outside HyperEncoder")
+        return self._weights[index]
+
+
+class TaskAdapter(nn.Module):
+    """A bottleneck adapter whose (down, up) weights depend on each sample's task.
+
+    It has no parameters: `weights.get(index)` returns every task's generated projections
+    and the context says which task each sample of the batch belongs to.
+    """
+
+    def __init__(self, index: int, weights: GeneratedWeights, context: TaskContext):
+        super().__init__()
+        self.index = index
+        self.weights = weights
+        self.context = context
+
+    def forward(self, x: Tensor) -> Tensor:
+        ids = self.context.current()
+        down, up = self.weights.get(self.index)
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        hidden = F.gelu(down.apply(flat, ids))
+        return (flat + up.apply(hidden, ids)).reshape(x.shape)
+
+
+class TaskLayerEmbedding(nn.Module):
+    """The hypernetworks' input: one vector per (task, adapter site).
+
+    A learned embedding per task and per site (its layer and position in the block, as
+    HyperFormer's layer-id embedding), concatenated and projected with a ReLU:
+    `z[t, l] = relu(W [task_t; layer_l] + c)`, shape (tasks, sites, hidden). Embeddings start
+    as standard normals and W with std 1/sqrt(2 * embed_dim), so the projection starts with
+    unit variance before the ReLU (E[z^2] = 1/2), which the heads' initialisation assumes.
+    """
+
+    def __init__(self, num_tasks: int, num_sites: int, embed_dim: int, hidden: int):
+        super().__init__()
+        self.task = nn.Parameter(torch.randn(num_tasks, embed_dim))
+        self.layer = nn.Parameter(torch.randn(num_sites, embed_dim))
+        self.project = nn.Linear(2 * embed_dim, hidden)
+        nn.init.normal_(self.project.weight, std=1 / math.sqrt(2 * embed_dim))
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self) -> Tensor:
+        tasks, sites = self.task.shape[0], self.layer.shape[0]
+        pairs = torch.cat(
+            [
+                self.task.unsqueeze(1).expand(tasks, sites, -1),
+                self.layer.unsqueeze(0).expand(tasks, sites, -1),
+            ],
+            dim=-1,
+        )
+        return F.relu(self.project(pairs))
+
+
+class HyperEncoder(PerTaskEncoder):
+    """`PerTaskEncoder` whose `TaskAdapter`s take their weights from `generator`.
+
+    `generator()` returns one (down, up) `TaskWeight` pair per adapter site, for every task;
+    it runs once per forward pass, before the (chunked) per-task passes read it.
+    """
+
+    def __init__(
+        self,
+        backbone: SwinBackbone,
+        tasks: Sequence[str],
+        context: TaskContext,
+        generator: nn.Module,
+        weights: GeneratedWeights,
+        tasks_per_pass: int | None = None,
+    ):
+        super().__init__(backbone, tasks, context, tasks_per_pass)
+        self.generator = generator
+        self.weights = weights
+
+    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
+        with self.weights.hold(self.generator()):
+            return super().forward(images)

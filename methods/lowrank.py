@@ -1,0 +1,241 @@
+"""Low-rank building blocks shared by the LoRA family of methods.
+
+- `LowRank`: a scaled rank-r update `s * B A` of a linear map (LoRA, Hu et al., ICLR 2022):
+  A initialised Kaiming-uniform with a = sqrt(5) (the default of `nn.Linear`), B zeros, so
+  the update starts at exactly zero and the adapted network starts as the pre-trained one.
+- `LoRALinear`: a frozen `nn.Linear` plus one `LowRank` update on the dropped-out input;
+  its update can be merged into the frozen weight for inference.
+- `MultiTaskLoRALinear`: MTLoRA's linear (Agiza et al., CVPR 2024; SPEC 3.1): one frozen
+  product on the shared stream, a task-agnostic update for the shared output and one
+  task-specific update per task.
+- `inject`: replaces named `nn.Linear` modules anywhere inside a module by wrappers built
+  by a factory; methods use it to place their layers without knowing the host's layout.
+
+The wrapped linear is kept whole as `.base` and frozen; only the low-rank factors are new
+parameters. They are created on the base weight's device and dtype, so injecting into a
+backbone built on the meta device costs no memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LowRank(nn.Module):
+    """`x -> scale * B A x` with A: (rank, in_features) and B: (out_features, rank)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        scale: float,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"a low-rank update needs rank >= 1, got {rank}")
+        self.rank = rank
+        self.scale = float(scale)
+        self.a = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
+        self.b = nn.Parameter(torch.empty(out_features, rank, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # A as nn.Linear initialises its weight, B zero: the update starts at exactly zero.
+        nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
+        nn.init.zeros_(self.b)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.a), self.b) * self.scale
+
+    def delta_weight(self) -> Tensor:
+        """The update as a dense (out_features, in_features) matrix."""
+        return (self.b @ self.a) * self.scale
+
+    def extra_repr(self) -> str:
+        out_features, in_features = self.b.shape[0], self.a.shape[1]
+        return f"{in_features} -> {self.rank} -> {out_features}, scale={self.scale:g}"
+
+
+def _frozen(base: nn.Linear) -> nn.Linear:
+    if not isinstance(base, nn.Linear):
+        raise TypeError(f"a low-rank wrapper needs an nn.Linear, got {type(base).__name__}")
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base
+
+
+def _dropout(p: float) -> nn.Module:
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+class LoRALinear(nn.Module):
+    """`y = W x + b + scale * B A dropout(x)` with W and b frozen (Hu et al., Sec. 4.1).
+
+    `merge()` adds the update to W and turns the low-rank path off, so the layer costs what
+    the plain linear costs; `unmerge()` undoes it. Training a merged layer is meaningless
+    (its update no longer reaches the output), so merge for inference only.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        self.base = _frozen(base)
+        w = base.weight
+        self.lora = LowRank(
+            base.in_features, base.out_features, rank, scale, device=w.device, dtype=w.dtype
+        )
+        self.dropout = _dropout(dropout)
+        self.merged = False
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        return y + self.lora(self.dropout(x))
+
+    def delta_weight(self) -> Tensor:
+        return self.lora.delta_weight()
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base.weight.add_(self.delta_weight().to(self.base.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight.sub_(self.delta_weight().to(self.base.weight.dtype))
+            self.merged = False
+
+
+class MultiTaskLoRALinear(nn.Module):
+    """MTLoRA's multi-task low-rank linear (SPEC 3.1).
+
+    With frozen W, b, shared-stream input x and optional task inputs x_t:
+
+        shared output  = W x + b + scale * B_sh A_sh dropout(x)
+        task output t  = W x + b + task_scale * B_t A_t x_t,  x_t = dropout(x) when not given
+
+    The frozen product is computed once, on the shared stream, and a task output does not
+    contain the shared update; one dropout mask serves the shared update and every task
+    update that reads the shared input. `forward` returns `(shared, {task: output})`.
+
+    There is no `merge`: folding the shared update into W would add it to every task output
+    too, which the definition above excludes.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        tasks: Iterable[str],
+        task_rank: int,
+        scale: float = 4.0,
+        task_scale: float | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.base = _frozen(base)
+        w = base.weight
+        dims = (base.in_features, base.out_features)
+        self.shared = LowRank(*dims, rank, scale, device=w.device, dtype=w.dtype)
+        task_scale = scale if task_scale is None else task_scale
+        self.task_lora = nn.ModuleDict(
+            {t: LowRank(*dims, task_rank, task_scale, device=w.device, dtype=w.dtype)
+             for t in tasks}
+        )
+        self.dropout = _dropout(dropout)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.task_lora)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def forward(
+        self, x: Tensor, task_inputs: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        frozen = self.base(x)
+        dropped = self.dropout(x)
+        shared = frozen + self.shared(dropped)
+        tasks = {
+            t: frozen + lora(dropped if task_inputs is None else task_inputs[t])
+            for t, lora in self.task_lora.items()
+        }
+        return shared, tasks
+
+
+def inject(
+    module: nn.Module,
+    targets: Iterable[str],
+    factory: Callable[[nn.Linear], nn.Module],
+) -> list[str]:
+    """Replace the `nn.Linear`s of `module` named by `targets` with `factory(linear)`.
+
+    A target matches a linear whose dotted path inside `module` equals it or ends with
+    `.target` (`qkv` matches every `....attn.qkv`, `attn.proj` the attention projections
+    only). Linears already wrapped by a low-rank layer are left alone. Returns the replaced
+    paths; a target that matches nothing is an error (a misspelt name must not silently
+    train nothing).
+    """
+    targets = list(targets)
+    wrappers = (LoRALinear, MultiTaskLoRALinear)
+    found: list[str] = []
+    for path, child in module.named_modules():
+        if type(child) is not nn.Linear or not path:
+            continue
+        parent_path, _, _ = path.rpartition(".")
+        if isinstance(module.get_submodule(parent_path), wrappers):
+            continue
+        if any(path == t or path.endswith("." + t) for t in targets):
+            found.append(path)
+    unmatched = [t for t in targets if not any(p == t or p.endswith("." + t) for p in found)]
+    if unmatched:
+        raise ValueError(f"no nn.Linear named {unmatched} to adapt")
+    for path in found:
+        parent_path, _, leaf = path.rpartition(".")
+        parent = module.get_submodule(parent_path)
+        setattr(parent, leaf, factory(getattr(parent, leaf)))
+    return found
+
+
+def lora_layers(module: nn.Module) -> list[LoRALinear]:
+    return [m for m in module.modules() if isinstance(m, LoRALinear)]
+
+
+def merge_lora(module: nn.Module) -> int:
+    """Merge every `LoRALinear` inside `module` into its frozen weight; returns how many."""
+    layers = lora_layers(module)
+    for layer in layers:
+        layer.merge()
+    return len(layers)

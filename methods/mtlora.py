@@ -1,0 +1,191 @@
+"""MTLoRA and MTLoRA+ (Agiza, Neseem, Reda: "MTLoRA: Low-Rank Adaptation Approach for
+Efficient Multi-Task Learning", CVPR 2024), as its official implementation behaves (SPEC 3.1).
+
+Layers:
+
+- TA-LoRA (task-agnostic, shared by all tasks), rank `rank`, on `qkv`, `proj`, `fc1` and
+  `fc2` of every block of every stage.
+- TS-LoRA (task-specific), rank `task_rank` per task, only in the last block of each stage
+  and only on `proj`, `fc1`, `fc2`; never on `qkv`, so the attention maps stay shared.
+  These layers are `methods.lowrank.MultiTaskLoRALinear`: the frozen product is computed
+  on the shared stream and a task output carries its own update but not the shared one.
+- Both paths scale by the fixed `scale` (4.0, not alpha / r), with LoRA dropout `dropout`
+  (0.05) on the shared input; A Kaiming-uniform (a = sqrt(5)), B zero.
+
+The last block of each stage (`TaskStreamBlock`) runs the shared stream as a normal block
+with TA-LoRA and, in the same pass, one stream per task:
+
+    a_t   = x + droppath(proj_t(shared attention output))
+    h_t   = GELU(fc1_t(norm2(shared), norm2(a_t)))
+    out_t = a_t + droppath(fc2_t(GELU(shared fc1 output), h_t))
+
+where `layer_t(x, x_t)` is the task output of a multi-task layer whose frozen product reads
+x and whose task update reads x_t. The same patch merging is applied to the shared stream
+and to every task stream; only the shared stream continues to the next stage and the task
+streams of every stage go to their task's decoder (`benchmark.backbone.TaskStreams`). One
+encoder pass serves all tasks.
+
+Trains: TA-LoRA and TS-LoRA factors, all LayerNorm weights and biases (blocks, patch
+merging, patch embedding), the patch embedding (convolution and its norm), the
+relative-position bias tables, and the patch-merging reductions (fully, in `mtlora`), plus
+the decoders (the harness). Frozen: the weights and biases of `qkv`, `proj`, `fc1`, `fc2`.
+For Swin-T on the four PASCAL tasks with `task_rank` 4 this is 4,953,146 / 6,083,642 /
+8,344,634 trainable at r = 16 / 32 / 64.
+
+MTLoRA+ (`mtlora_plus`): the patch-merging reductions are frozen and carry TA-LoRA (rank
+`rank`) instead; task streams pass through the same adapted merging. 3,469,370 / 4,664,378 /
+7,054,394 trainable at r = 16 / 32 / 64.
+
+Interpretations where the paper is silent and the official code decides:
+
+- Drop path is drawn independently for the shared stream and for each task stream (the
+  official block calls it once per stream), as is the LoRA dropout of an adapted merging.
+- The attention of the last block runs once: `proj` is taken out of timm's attention
+  module and applied to its output after the windows are merged back. `proj` acts on each
+  token alone and window merging, the reverse shift and the crop only move or drop tokens,
+  so this is the same computation, and it yields the shared attention output that the
+  shared and task projections both read.
+- The shared stream of the last stage reaches no decoder, so the TA-LoRA of `fc2` in the
+  very last block (which acts on nothing else) receives no gradient. It is kept and
+  counted, as in the official code and its parameter count (a distributed wrapper must
+  allow unused parameters).
+- `fc1_t` and `fc2_t` read the task stream only through their TS-LoRA update (the frozen
+  product reads the shared stream), exactly as the official `MTLoRALinear`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from benchmark.backbone import SwinBackbone, TaskStreams
+from benchmark.model import Encoder
+from methods.base import Method, freeze
+from methods.lowrank import LoRALinear, MultiTaskLoRALinear, inject
+
+# The shared-path linears of every block, and the subset that also has task paths in the
+# last block of a stage (SPEC 3.1).
+TA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+TS_TARGETS = ("attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+class TaskStreamBlock(nn.Module):
+    """The last Swin block of a stage, computing the shared stream and every task stream.
+
+    Wraps a timm `SwinTransformerBlock` whose `attn.proj`, `mlp.fc1` and `mlp.fc2` are
+    `MultiTaskLoRALinear`s and reuses its frozen modules: norms, window partition, shift,
+    mask and relative position bias (through the block's own `_attn`), GELU, drop path.
+    Returns `TaskStreams` (NHWC).
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        layers = (block.attn.proj, block.mlp.fc1, block.mlp.fc2)
+        if not all(isinstance(m, MultiTaskLoRALinear) for m in layers):
+            raise TypeError("proj, fc1 and fc2 of a task-stream block must be multi-task layers")
+        self.tasks = block.attn.proj.tasks
+        # With proj out of the attention, block._attn returns the attention output per token
+        # in image layout; proj is per token, so applying it afterwards changes nothing.
+        self.proj, self.proj_drop = block.attn.proj, block.attn.proj_drop
+        block.attn.proj, block.attn.proj_drop = nn.Identity(), nn.Identity()
+        self.block = block
+
+    def forward(self, x: Tensor) -> TaskStreams:
+        blk, mlp = self.block, self.block.mlp
+        context = blk._attn(blk.norm1(x))
+        attn, attn_t = self.proj(context)
+        shared = x + blk.drop_path1(self.proj_drop(attn))
+        streams = {t: x + blk.drop_path1(self.proj_drop(a)) for t, a in attn_t.items()}
+
+        hidden, hidden_t = mlp.fc1(blk.norm2(shared), {t: blk.norm2(s) for t, s in streams.items()})
+        hidden = mlp.norm(mlp.drop1(mlp.act(hidden)))
+        hidden_t = {t: mlp.norm(mlp.drop1(mlp.act(h))) for t, h in hidden_t.items()}
+        out, out_t = mlp.fc2(hidden, hidden_t)
+        shared = shared + blk.drop_path2(mlp.drop2(out))
+        streams = {t: s + blk.drop_path2(mlp.drop2(out_t[t])) for t, s in streams.items()}
+        return TaskStreams(shared, streams)
+
+
+class MTLoRA(Method):
+    # SPEC 3.1 / the paper's Table 1, Swin-T on PASCAL-Context with task_rank 4
+    PAPER_TRAINABLE_M = {16: 4.95, 32: 6.08, 64: 8.34}
+    adapt_merging = False  # MTLoRA+ freezes the merging reductions and gives them TA-LoRA
+    short_name = "mtlora"
+
+    def __init__(
+        self,
+        name: str = "mtlora",
+        rank: int = 16,
+        task_rank: int = 4,
+        scale: float = 4.0,
+        dropout: float = 0.05,
+    ):
+        super().__init__(name)
+        if rank < 1 or task_rank < 1:
+            raise ValueError(f"rank and task_rank must be >= 1, got {rank} and {task_rank}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.rank, self.task_rank = int(rank), int(task_rank)
+        self.scale, self.dropout = float(scale), float(dropout)
+        self.paper_trainable_m = (
+            self.PAPER_TRAINABLE_M.get(self.rank) if self.task_rank == 4 else None
+        )
+
+    @property
+    def label(self) -> str:
+        suffix = "" if self.task_rank == 4 else f" task_r={self.task_rank}"
+        return f"{self.short_name} r={self.rank}{suffix}"
+
+    def options(self) -> dict:
+        return {
+            "rank": self.rank, "task_rank": self.task_rank,
+            "scale": self.scale, "dropout": self.dropout,
+        }
+
+    def _ta_lora(self, linear: nn.Linear) -> LoRALinear:
+        return LoRALinear(linear, self.rank, self.scale, self.dropout)
+
+    def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
+        freeze(backbone)
+        for p in backbone.patch_embed.parameters():
+            p.requires_grad_(True)
+        for m in backbone.modules():
+            if isinstance(m, nn.LayerNorm):
+                for p in m.parameters():
+                    p.requires_grad_(True)
+
+        def ts_lora(linear: nn.Linear) -> MultiTaskLoRALinear:
+            return MultiTaskLoRALinear(
+                linear, self.rank, tasks, self.task_rank, self.scale, self.scale, self.dropout
+            )
+
+        for stage in backbone.stages:
+            for block in stage.blocks:
+                block.attn.relative_position_bias_table.requires_grad_(True)
+            last = stage.blocks[-1]
+            inject(last, TS_TARGETS, ts_lora)
+            inject(last, ["attn.qkv"], self._ta_lora)
+            for block in stage.blocks[:-1]:
+                inject(block, TA_TARGETS, self._ta_lora)
+            stage.blocks[-1] = TaskStreamBlock(last)
+            if isinstance(stage.merge, nn.Identity):
+                continue
+            if self.adapt_merging:
+                inject(stage.merge, ["reduction"], self._ta_lora)
+            else:
+                for p in stage.merge.reduction.parameters():
+                    p.requires_grad_(True)
+        return Encoder(backbone, tasks, mode="task_streams")
+
+
+class MTLoRAPlus(MTLoRA):
+    """MTLoRA+: the merging reductions are frozen and adapted by TA-LoRA (SPEC 3.1)."""
+
+    # SPEC 3.1: the official configuration's counts for Swin-T / PASCAL with task_rank 4
+    PAPER_TRAINABLE_M = {16: 3.47, 32: 4.66, 64: 7.05}
+    adapt_merging = True
+    short_name = "mtlora+"
+
+    def __init__(self, name: str = "mtlora_plus", **options):
+        super().__init__(name, **options)

@@ -1,0 +1,233 @@
+"""LoRA (methods/lora.py) and the low-rank building blocks it shares (methods/lowrank.py)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.backbone import SwinBackbone
+from benchmark.errors import UserError
+from benchmark.losses import MultiTaskLoss
+from benchmark.model import Encoder, MultiTaskModel, build_decoders
+from benchmark.params import count
+from benchmark.records import iter_records
+from benchmark.run import compose_all, expand
+from methods.lora import LoRA
+from methods.lowrank import LoRALinear, LowRank, inject, lora_layers, merge_lora
+from tests.conftest import SMALL_DATA, run_cli
+from tests.test_model import tiny_backbone
+
+TASKS = ["semseg", "human_parts", "sal", "normals"]
+OUTPUTS = {"semseg": 5, "human_parts": 7, "sal": 1, "normals": 3}
+PASCAL_SWIN_T = ["dataset=pascal_context", "backbone=swin_tiny"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: one thread avoids the cost of keeping several in step, which
+    on a busy machine exceeds the work itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def params_of(*overrides: str) -> list[dict]:
+    """`benchmark.params` rows (meta device) for the cartesian product of `overrides`."""
+    return [count(cfg) for cfg in compose_all(expand(list(overrides)))]
+
+
+def fake_batch(n: int = 2, size: int = 32, seed: int = 0, cells: int = 4) -> dict:
+    """Labels in the formats of benchmark/tasks.py, constant over `cells` x `cells` blocks
+    that the image marks too, so that a few steps can fit them."""
+    g = torch.Generator().manual_seed(seed)
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, size=(size, size), mode="nearest")
+
+    def ids(classes: int) -> torch.Tensor:
+        coarse = torch.randint(0, classes, (n, 1, cells, cells), generator=g)
+        return blocks(coarse.float())[:, 0].long()
+
+    image = blocks(torch.randn(n, 3, cells, cells, generator=g))
+    return {
+        "image": image + 0.1 * torch.randn(n, 3, size, size, generator=g),
+        "semseg": ids(OUTPUTS["semseg"]),
+        "human_parts": ids(OUTPUTS["human_parts"]),
+        "sal": ids(2),
+        "normals": F.normalize(blocks(torch.randn(n, 3, cells, cells, generator=g)), dim=1),
+    }
+
+
+def randomise(module: nn.Module, which: type = LowRank, seed: int = 0) -> None:
+    """Give every low-rank update of type `which` a random, non-zero B."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, which):
+                m.b.copy_(torch.randn(m.b.shape, generator=g) * 0.05)
+
+
+def model_with(encoder: Encoder, backbone: SwinBackbone, tasks=TASKS) -> MultiTaskModel:
+    return MultiTaskModel(encoder, build_decoders(backbone, {t: OUTPUTS[t] for t in tasks}))
+
+
+def check_gradients(model: MultiTaskModel, size: int = 64, unused: tuple[str, ...] = ()) -> None:
+    """After one backward of the multi-task loss: frozen parameters have no gradient, every
+    trainable one a non-zero gradient, except the trainable ones named by the prefixes in
+    `unused`, which must have none."""
+    batch = fake_batch(size=size)
+    loss, _ = MultiTaskLoss(model.tasks)(model(batch["image"]), batch)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad and not name.startswith(unused):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+def check_overfits(model: MultiTaskModel, steps: int = 10) -> None:
+    """A few AdamW steps on one fixed batch reduce the multi-task loss."""
+    torch.manual_seed(0)
+    batch = fake_batch()
+    criterion = MultiTaskLoss(model.tasks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss, _ = criterion(model(batch["image"]), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+def assert_same_features(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for task in a:
+        for x, y in zip(a[task], b[task], strict=True):
+            torch.testing.assert_close(x, y, atol=atol, rtol=1e-4)
+
+
+# --- building blocks ------------------------------------------------------------------
+
+
+def test_lora_linear_starts_at_the_frozen_layer_and_merges_exactly():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 20)
+    layer = LoRALinear(copy.deepcopy(base), rank=3, scale=2.0, dropout=0.1).eval()
+    assert not layer.base.weight.requires_grad and not layer.base.bias.requires_grad
+    assert layer.lora.a.requires_grad and layer.lora.b.requires_grad
+    assert torch.count_nonzero(layer.lora.b) == 0 and layer.lora.a.abs().sum() > 0
+    # A as nn.Linear initialises its weight: Kaiming-uniform (a = sqrt 5) -> bound 1 / sqrt(in)
+    assert layer.lora.a.abs().max() <= 12 ** -0.5
+    x = torch.randn(4, 7, 12)
+    torch.testing.assert_close(layer(x), base(x))
+
+    randomise(layer)
+    expected = base(x) + 2.0 * x @ layer.lora.a.T @ layer.lora.b.T
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.delta_weight(), 2.0 * layer.lora.b @ layer.lora.a)
+    layer.merge()
+    assert layer.merged
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.base(x), expected)  # the update now lives in W
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, base.weight)
+
+
+def test_inject_replaces_named_linears_once_and_rejects_unknown_names():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ModuleDict({"qkv": nn.Linear(4, 12)}))
+
+    def wrap(linear):
+        return LoRALinear(linear, rank=2)
+
+    assert inject(net, ["qkv"], wrap) == ["1.qkv"]
+    assert isinstance(net[1]["qkv"], LoRALinear) and isinstance(net[0], nn.Linear)
+    with pytest.raises(ValueError, match="qkv"):  # already wrapped: nothing left to adapt
+        inject(net, ["qkv"], wrap)
+    with pytest.raises(ValueError, match="fc9"):
+        inject(net, ["fc9"], wrap)
+
+
+# --- the method ---------------------------------------------------------------------
+
+
+def test_default_lora_count_on_swin_tiny_pascal_is_closest_to_the_paper():
+    rows = params_of("method=lora", *PASCAL_SWIN_T)
+    assert rows[0]["trainable"] == 2_873_984  # paper: 2.87 M (see methods/lora.py)
+    assert rows[0]["label"] == "lora r=35" and rows[0]["encoder_mode"] == "shared"
+    # decoders + 4 C r per block on qkv (block widths of Swin-T sum to 4,416)
+    rows = params_of("method=lora", "method.rank=8", "method.targets=[qkv]", *PASCAL_SWIN_T)
+    assert rows[0]["trainable"] == 1_946_624 + 4 * 4_416 * 8
+
+
+def test_invalid_options_fail_when_the_config_is_composed():
+    with pytest.raises(UserError, match="unknown targets"):
+        compose_all(expand(["method=lora", "method.targets=[qkv,fc3]"]))
+    with pytest.raises(UserError, match="scale or alpha"):
+        compose_all(expand(["method=lora", "method.scale=2", "method.alpha=16"]))
+    assert LoRA(rank=8, alpha=16).scale == 2.0
+    assert LoRA().options() == {
+        "rank": 35, "targets": ["qkv", "proj"], "scale": 4.0, "alpha": None, "dropout": 0.05
+    }
+
+
+def test_zero_initialised_lora_gives_the_frozen_backbone_features():
+    backbone = tiny_backbone()
+    plain = copy.deepcopy(backbone).eval()
+    encoder = LoRA(rank=4).build_encoder(backbone, TASKS).eval()
+    assert len(lora_layers(encoder)) == 2 * 8  # qkv and proj of the 8 blocks
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_same_features(encoder(x), plain(x, TASKS))
+
+
+def test_only_lora_factors_and_decoders_train_and_all_of_them_get_gradients():
+    backbone = tiny_backbone(64)
+    model = model_with(LoRA(rank=4).build_encoder(backbone, TASKS), backbone)
+    randomise(model)
+    for name, p in model.encoder.named_parameters():
+        assert p.requires_grad == (".lora." in name), name
+    check_gradients(model)
+
+
+def test_merged_lora_gives_the_same_features():
+    backbone = tiny_backbone()
+    encoder = LoRA(rank=4, targets=["qkv", "proj", "fc2"]).build_encoder(backbone, TASKS).eval()
+    randomise(encoder)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = encoder(x)
+        assert merge_lora(encoder) == 3 * 8
+        after = encoder(x)
+        for layer in lora_layers(encoder):
+            layer.merged = False  # the update is in W now: counting it again must change things
+        doubled = encoder(x)
+    assert_same_features(before, after)
+    assert not torch.allclose(before["semseg"][-1], doubled["semseg"][-1])
+
+
+def test_lora_overfits_a_tiny_batch():
+    backbone = tiny_backbone()
+    model = model_with(LoRA(rank=4).build_encoder(backbone, TASKS), backbone)
+    check_overfits(model)
+    assert all(layer.lora.b.abs().sum() > 0 for layer in lora_layers(model))
+
+
+@pytest.mark.slow
+def test_lora_smoke_run_through_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny tensors (see one_thread)
+    results = tmp_path / "results"
+    proc = run_cli(
+        "benchmark.run", "method=lora", "budget=smoke", *SMALL_DATA, f"results_dir={results}",
+        "progress=false", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = {r["method"]: r for _, r in iter_records(results)}
+    assert records["lora"]["status"] == "ok" and records["lora"]["label"] == "lora r=35"
+    assert records["lora"]["delta_m"] is not None
