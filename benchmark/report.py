@@ -1,32 +1,143 @@
-"""`python -m benchmark.report [results_dir=results] [output_dir=reports]`.
+"""`python -m benchmark.report [results_dir=results] [output_dir=reports]` (SPEC 5.3).
 
 Reads result records only (never the training code) and writes, per comparison group
-(dataset, tasks, backbone, budget), a markdown page with the relative-performance table,
-plus `index.md` linking the groups. Seeds are aggregated as mean ± std. Δm is recomputed
-from the metrics against the single-task reference of the same group, matched by seed
-(the mean of the references when that seed has none), never copied from the records.
+(dataset, tasks, backbone, budget):
+
+    output_dir/index.md                  links every group
+    output_dir/<group>.md                the group's page: relative-performance table, notes,
+                                         figures, and for PASCAL-Context with Swin-T the
+                                         published numbers beside ours
+    output_dir/<group>/summary.csv       one row per configuration label
+    output_dir/<group>/*.png, *.svg      Δm against trainable parameters, peak memory and
+                                         training time (Pareto fronts), per-task change
+
+Seeds are aggregated as mean ± sample standard deviation. Δm (SPEC 1.4) is recomputed from
+the metrics against the single-task reference of the same group, matched by seed, or the
+mean of the references when that seed has none; the `delta_m` stored in a record is never
+used. Failed runs are listed as failed rows with their error. A malformed record is named on
+stderr and skipped. The same records give byte-identical markdown, CSV and SVG files.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 from tabulate import tabulate
 
+from benchmark import plots
 from benchmark.errors import UserError
 from benchmark.metrics import delta_m
 from benchmark.records import iter_records, slug
 from benchmark.tasks import TASKS
 
 REFERENCE = "single_task"
+FULL_FT = "full_ft"
+MISSING = "–"
+
+# MTLoRA (Agiza, Neseem and Reda, CVPR 2024), Table 1: PASCAL-Context, Swin-T with
+# ImageNet-1k weights, 448x448, 300 epochs; quoted in SPEC 3.2. Metrics are semseg mIoU,
+# human_parts mIoU, sal mIoU and the normals mean angle; `delta_m` is the printed Δm (%),
+# `trainable_m` the printed count (M). `label` is the record label of our configuration.
+PUBLISHED_PASCAL_SWIN_T = {
+    "source": "MTLoRA (Agiza et al., CVPR 2024), Table 1",
+    "dataset": "pascal_context",
+    "backbone": "swin_tiny",
+    "rows": [
+        {"name": "single task", "label": "single task", "delta_m": 0.0, "trainable_m": 112.62,
+         "metrics": {"semseg": 67.21, "human_parts": 61.93, "sal": 62.35, "normals": 17.97}},
+        {"name": "MTL full fine-tuning", "label": "full_ft", "delta_m": 2.23,
+         "trainable_m": 30.06,
+         "metrics": {"semseg": 67.56, "human_parts": 60.24, "sal": 65.21, "normals": 16.64}},
+        {"name": "MTL decoders only", "label": "decoders_only", "delta_m": -9.95,
+         "trainable_m": 1.94,
+         "metrics": {"semseg": 65.09, "human_parts": 53.48, "sal": 57.46, "normals": 20.69}},
+        {"name": "MTLoRA r=16", "label": "mtlora r=16", "delta_m": 1.35, "trainable_m": 4.95,
+         "metrics": {"semseg": 68.19, "human_parts": 58.99, "sal": 64.48, "normals": 17.03}},
+        {"name": "MTLoRA r=32", "label": "mtlora r=32", "delta_m": 2.16, "trainable_m": 6.08,
+         "metrics": {"semseg": 67.74, "human_parts": 59.46, "sal": 64.90, "normals": 16.59}},
+        {"name": "MTLoRA r=64", "label": "mtlora r=64", "delta_m": 2.55, "trainable_m": 8.34,
+         "metrics": {"semseg": 67.90, "human_parts": 59.84, "sal": 65.40, "normals": 16.60}},
+    ],
+}
+
+METRIC_NAMES = {"miou": "mIoU", "mean": "mean angle °", "median": "median angle °",
+                "rmse": "RMSE", "maxf": "maxF"}
+FIGURES = {
+    "params": "delta_m_vs_params",
+    "memory": "delta_m_vs_memory",
+    "time": "delta_m_vs_time",
+    "change": "per_task_change",
+}
+MEMORY_KINDS = {"cuda_allocated": "CUDA allocated", "cpu_rss_increase": "CPU RSS increase"}
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def record_problem(record: dict | None) -> str | None:
+    """Why `record` cannot be reported, or None when it can."""
+    if record is None:
+        return "not valid JSON, or not a JSON object"
+    checks = {
+        "status": lambda v: v in ("ok", "failed"),
+        "method": _is_text,
+        "label": _is_text,
+        "dataset": _is_text,
+        "backbone": _is_text,
+        "budget": _is_text,
+        "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "tasks": lambda v: isinstance(v, list) and bool(v) and all(t in TASKS for t in v),
+    }
+    for key, valid in checks.items():
+        if key not in record:
+            return f"missing field {key!r}"
+        if not valid(record[key]):
+            return f"invalid {key!r}: {record[key]!r}"
+    if record["status"] == "failed":
+        error = record.get("error")
+        return None if error is None or isinstance(error, str) else "invalid 'error'"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict):
+        return "missing field 'metrics'"
+    for task in record["tasks"]:
+        values = metrics.get(task)
+        if not isinstance(values, dict) or not _is_number(values.get(TASKS[task].primary)):
+            return f"no {TASKS[task].primary_key} in 'metrics'"
+        if not all(v is None or _is_number(v) for v in values.values()):
+            return f"non-numeric value in metrics[{task!r}]"
+    params = record.get("params")
+    if not isinstance(params, dict) or not _is_number(params.get("trainable")):
+        return "missing 'params.trainable'"
+    cost = record.get("cost", {})
+    if cost is not None and not isinstance(cost, dict):
+        return "invalid 'cost'"
+    for key in ("train_seconds", "peak_memory_mb", "train_images_per_second"):
+        value = (cost or {}).get(key)
+        if value is not None and not _is_number(value):
+            return f"invalid 'cost.{key}'"
+    return None
 
 
 def load(results_dir: Path) -> tuple[list[dict], list[str]]:
-    """The records below `results_dir` and a warning line for each malformed one."""
+    """The valid records below `results_dir` (each with `_path`, relative to it) and one
+    warning per record that was skipped."""
     if not results_dir.is_dir():
         raise UserError(
             f"no results directory at {results_dir}; run `python -m benchmark.run` first "
@@ -34,141 +145,684 @@ def load(results_dir: Path) -> tuple[list[dict], list[str]]:
         )
     records, warnings = [], []
     for path, record in iter_records(results_dir):
-        needed = ("status", "method", "label", "dataset", "tasks", "backbone", "budget", "seed")
-        if record is None or any(k not in record for k in needed):
-            warnings.append(f"skipped malformed record {path}")
+        problem = record_problem(record)
+        if problem is not None:
+            warnings.append(f"skipped malformed record {path}: {problem}")
             continue
-        records.append(record)
+        records.append({**record, "_path": path.relative_to(results_dir).as_posix()})
     if not records:
-        raise UserError(
-            f"no result records under {results_dir}; run `python -m benchmark.run` first"
-        )
+        found = "no valid result records" if warnings else "no result records"
+        raise UserError(f"{found} under {results_dir}; run `python -m benchmark.run` first")
     return records, warnings
+
+
+# -- aggregation ------------------------------------------------------------------------------
 
 
 def group_key(record: dict) -> tuple:
     return (record["dataset"], tuple(record["tasks"]), record["backbone"], record["budget"])
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def _fmt(values: list[float], digits: int = 2, sign: bool = False) -> str:
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for fewer than two values)."""
     if not values:
-        return "–"
-    mean, std = _mean_std(values)
-    text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
-    return text if std is None else f"{text} ± {std:.{digits}f}"
+        return None, None
+    if len(values) == 1:
+        return float(values[0]), None
+    return statistics.fmean(values), statistics.stdev(values)
 
 
-def group_table(records: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
-    tasks = list(records[0]["tasks"])
-    ok = [r for r in records if r["status"] == "ok"]
-    refs = {r["seed"]: r["metrics"] for r in ok if r["method"] == REFERENCE}
-    notes = []
-    if not refs:
-        notes.append(
-            "Δm is missing: this group has no single-task reference; produce it with "
-            "`python -m benchmark.run method=single_task` and the same dataset, backbone, "
-            "budget and seeds."
-        )
+@dataclass
+class Row:
+    """One configuration label of a group: its runs and what is derived from them."""
+
+    label: str
+    method: str
+    runs: list[dict]
+    failed: bool = False
+    delta_m: list[float] = field(default_factory=list)  # per seed, as `runs`
+    change: dict[str, list[float]] = field(default_factory=dict)  # task -> per seed, %
+    mean_reference_seeds: list[int] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r["seed"] for r in self.runs]
+
+    def metric(self, task: str, name: str) -> list[float]:
+        values = (r["metrics"].get(task, {}).get(name) for r in self.runs)
+        return [float(v) for v in values if v is not None]
+
+    def cost(self, key: str) -> list[float]:
+        values = ((r.get("cost") or {}).get(key) for r in self.runs)
+        return [float(v) for v in values if v is not None]
+
+    def params(self, key: str) -> list[float]:
+        values = ((r.get("params") or {}).get(key) for r in self.runs)
+        return [float(v) for v in values if v is not None]
+
+    @property
+    def memory_kinds(self) -> list[str]:
+        return sorted({(r.get("cost") or {}).get("memory_kind") or "unknown" for r in self.runs})
+
+    @property
+    def mean_delta_m(self) -> float | None:
+        return mean_std(self.delta_m)[0]
+
+
+@dataclass
+class Group:
+    dataset: str
+    tasks: list[str]
+    backbone: str
+    budget: str
+    rows: list[Row]  # finished rows sorted by Δm, then failed rows
+    metric_keys: list[tuple[str, str]]  # (task, metric), every metric present, primary first
+    has_reference: bool
+    notes: list[str]
+
+    @property
+    def slug(self) -> str:
+        return slug(f"{self.dataset}-{self.backbone}-{self.budget}-{'-'.join(self.tasks)}")
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset} · {self.backbone} · {self.budget} budget"
+
+    @property
+    def ok_rows(self) -> list[Row]:
+        return [r for r in self.rows if not r.failed]
+
+    @property
+    def failed_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.failed]
+
+    def full_ft_trainable(self) -> float | None:
+        rows = [r for r in self.ok_rows if r.method == FULL_FT and r.params("trainable")]
+        return mean_std(rows[0].params("trainable"))[0] if rows else None
+
+
+def _run_identity(record: dict) -> tuple:
+    """What a retry of the same run shares with it: method, seed and method options."""
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    return record["method"], record["seed"], repr(config.get("method"))
+
+
+def build_group(key: tuple, records: list[dict]) -> Group:
+    dataset, tasks, backbone, budget = key
+    tasks = list(tasks)
+    notes: list[str] = []
+    ok: dict[tuple[str, int], dict] = {}
+    for r in sorted((r for r in records if r["status"] == "ok"), key=lambda r: r["_path"]):
+        seen = ok.setdefault((r["label"], r["seed"]), r)
+        if seen is not r:
+            notes.append(
+                f"{r['label']} seed {r['seed']} has two finished records; reported "
+                f"`{seen['_path']}`, ignored `{r['_path']}`."
+            )
+    finished = {_run_identity(r) for r in ok.values() if "config" in r}
+    failed = []
+    for r in sorted((r for r in records if r["status"] == "failed"), key=lambda r: r["_path"]):
+        if "config" in r and _run_identity(r) in finished:
+            notes.append(
+                f"{r['label']} seed {r['seed']} failed once (`{r['_path']}`) and was re-run "
+                "successfully; the failure is superseded."
+            )
+        else:
+            failed.append(r)
+
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in ok.values():
+        by_label[r["label"]].append(r)
+    rows = [
+        Row(label, runs[0]["method"], sorted(runs, key=lambda r: r["seed"]))
+        for label, runs in by_label.items()
+    ]
+
+    refs = {r["seed"]: r["metrics"] for r in ok.values() if r["method"] == REFERENCE}
     mean_ref = None
     if refs:
         mean_ref = {
-            t: {k: statistics.fmean(m[t][k] for m in refs.values()) for k in refs[min(refs)][t]}
+            t: {TASKS[t].primary: statistics.fmean(m[t][TASKS[t].primary] for m in refs.values())}
             for t in tasks
         }
-    rows_by_label: dict[str, list[dict]] = defaultdict(list)
-    for r in ok:
-        rows_by_label[r["label"]].append(r)
+    for row in rows:
+        if mean_ref is None:
+            break
+        for run in row.runs:
+            ref = refs.get(run["seed"])
+            if ref is None:
+                ref = mean_ref
+                row.mean_reference_seeds.append(run["seed"])
+            try:
+                row.delta_m.append(delta_m(run["metrics"], ref, tasks))
+                for t in tasks:
+                    row.change.setdefault(t, []).append(delta_m(run["metrics"], ref, [t]))
+            except ValueError as err:
+                notes.append(f"Δm of {row.label} seed {run['seed']} is undefined: {err}.")
+                row.delta_m, row.change = [], {}
+                break
+    for row in rows:
+        if row.mean_reference_seeds:
+            seeds = ", ".join(map(str, row.mean_reference_seeds))
+            notes.append(
+                f"{row.label}: no single-task reference for seed {seeds}; Δm is taken against "
+                "the mean of the references."
+            )
 
-    headers = ["method", "seeds"]
+    def order(row: Row) -> tuple:
+        score = row.mean_delta_m
+        missing = score is None or math.isnan(score)
+        return (missing, 0.0 if missing else -score, plots.natural_key(row.label))
+
+    rows.sort(key=order)
+    failed_by_label: dict[str, list[dict]] = defaultdict(list)
+    for r in failed:
+        failed_by_label[r["label"]].append(r)
+    for label in sorted(failed_by_label, key=plots.natural_key):
+        runs = sorted(failed_by_label[label], key=lambda r: r["seed"])
+        rows.append(Row(label, runs[0]["method"], runs, failed=True))
+
+    metric_keys = []
     for t in tasks:
+        names = {name for r in ok.values() for name in r["metrics"].get(t, {})}
+        primary = TASKS[t].primary
+        metric_keys += [(t, primary)] + [(t, n) for n in sorted(names - {primary})]
+    return Group(dataset, tasks, backbone, budget, rows, metric_keys, bool(refs), notes)
+
+
+def build_groups(records: list[dict]) -> list[Group]:
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        grouped[group_key(r)].append(r)
+    return [build_group(key, grouped[key]) for key in sorted(grouped)]
+
+
+def reference_command(group: Group) -> str:
+    seeds = sorted({s for row in group.rows for s in row.seeds})
+    return (
+        f"python -m benchmark.run method={REFERENCE} dataset={group.dataset} "
+        f"dataset.tasks=[{','.join(group.tasks)}] backbone={group.backbone} "
+        f"budget={group.budget} seed={','.join(map(str, seeds))}"
+    )
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+
+def _md(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _number(value: float, digits: int, sign: bool = False) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _stat(values: Sequence[float], digits: int, sign: bool = False) -> tuple[float | None, str]:
+    """(mean rounded as shown, 'mean ± std') or (None, '–')."""
+    mean, std = mean_std(values)
+    if mean is None:
+        return None, MISSING
+    text = _number(mean, digits, sign)
+    if std is not None and not math.isnan(std):
+        text += f" ± {std:.{digits}f}"
+    return (None if math.isnan(mean) else round(mean, digits)), text
+
+
+def time_unit(group: Group) -> tuple[str, float]:
+    longest = max((mean_std(r.cost("train_seconds"))[0] or 0.0 for r in group.ok_rows),
+                  default=0.0)
+    if longest >= 2 * 3600:
+        return "h", 3600.0
+    if longest >= 120:
+        return "min", 60.0
+    return "s", 1.0
+
+
+def memory_note(group: Group) -> tuple[str, bool]:
+    """Header suffix for the memory column, and whether cells must mark the CPU rows."""
+    kinds = sorted({k for r in group.ok_rows if r.cost("peak_memory_mb") for k in r.memory_kinds})
+    if len(kinds) == 1:
+        return f"MB, {MEMORY_KINDS.get(kinds[0], kinds[0])}", False
+    return "MB", "cpu_rss_increase" in kinds
+
+
+@dataclass
+class Column:
+    header: str
+    better: str | None  # "max", "min" or None: which value is bold
+    cell: Callable[[Row], tuple[float | None, str]]
+
+
+def table_columns(group: Group) -> list[Column]:
+    columns = [Column("method", None, lambda r: (None, _md(r.label))),
+               Column("n", None, lambda r: (None, str(len(r.runs))))]
+    for t in group.tasks:
         spec = TASKS[t]
-        headers.append(f"{spec.primary_key} {'↑' if spec.higher_is_better else '↓'}")
-    headers += ["Δm % ↑", "trainable M", "train s", "peak MB"]
-    rows = []
-    for label, runs in rows_by_label.items():
-        scores = []
-        if mean_ref is not None:
-            scores = [delta_m(r["metrics"], refs.get(r["seed"], mean_ref), tasks) for r in runs]
-        row = [label, str(len(runs))]
-        for t in tasks:
-            metric = TASKS[t].primary
-            row.append(_fmt([r["metrics"][t][metric] for r in runs]))
-        cost = [r.get("cost") or {} for r in runs]
-        row += [
-            _fmt(scores, sign=True),
-            f"{runs[0]['params']['trainable'] / 1e6:.2f}",
-            _fmt([c["train_seconds"] for c in cost if c.get("train_seconds") is not None], 0),
-            _fmt([c["peak_memory_mb"] for c in cost if c.get("peak_memory_mb") is not None], 0),
+        columns.append(Column(
+            f"{t} {METRIC_NAMES.get(spec.primary, spec.primary)} "
+            f"{'↑' if spec.higher_is_better else '↓'}",
+            "max" if spec.higher_is_better else "min",
+            lambda r, t=t, m=spec.primary: _stat(r.metric(t, m), 2),
+        ))
+    columns.append(Column("Δm % ↑", "max", lambda r: _stat(r.delta_m, 2, sign=True)))
+    columns.append(Column(
+        "trainable M ↓", "min",
+        lambda r: _stat([v / 1e6 for v in r.params("trainable")[:1]], 2),
+    ))
+    full = group.full_ft_trainable()
+    if full:
+        columns.append(Column(
+            "% of full FT ↓", "min",
+            lambda r: _stat([100 * v / full for v in r.params("trainable")[:1]], 1),
+        ))
+    suffix, mark_cpu = memory_note(group)
+
+    def memory(row: Row) -> tuple[float | None, str]:
+        value, text = _stat(row.cost("peak_memory_mb"), 0)
+        if mark_cpu and value is not None and "cpu_rss_increase" in row.memory_kinds:
+            text += " †"
+        return value, text
+
+    columns.append(Column(f"peak memory ({suffix}) ↓", "min", memory))
+    unit, scale = time_unit(group)
+    columns.append(Column(
+        f"train time ({unit}) ↓", "min",
+        lambda r: _stat([v / scale for v in r.cost("train_seconds")], 1 if scale == 1 else 2),
+    ))
+    columns.append(Column(
+        "images/s ↑", "max", lambda r: _stat(r.cost("train_images_per_second"), 1),
+    ))
+    return columns
+
+
+def relative_table(group: Group) -> str:
+    columns = table_columns(group)
+    body = []
+    cells = [[c.cell(r) for c in columns] for r in group.ok_rows]
+    best = []
+    for j, column in enumerate(columns):
+        values = [row[j][0] for row in cells if row[j][0] is not None]
+        if column.better is None or len(values) < 2 or len(set(values)) < 2:
+            best.append(None)
+        else:
+            best.append(max(values) if column.better == "max" else min(values))
+    for row in cells:
+        body.append([
+            f"**{text}**" if best[j] is not None and value == best[j] else text
+            for j, (value, text) in enumerate(row)
+        ])
+    for row in group.failed_rows:
+        seeds = ", ".join(map(str, row.seeds))
+        body.append([f"{_md(row.label)} (failed, seed {seeds})", "0"]
+                    + [MISSING] * (len(columns) - 2))
+    align = ["left", "right"] + ["right"] * (len(columns) - 2)
+    return tabulate(body, headers=[c.header for c in columns], tablefmt="github",
+                    disable_numparse=True, colalign=align)
+
+
+def published_table(group: Group) -> str | None:
+    """Our numbers beside the published ones, for the group they were published for."""
+    source = PUBLISHED_PASCAL_SWIN_T
+    if (group.dataset, group.backbone) != (source["dataset"], source["backbone"]):
+        return None
+    tasks = list(source["rows"][0]["metrics"])
+    if not set(tasks) <= set(group.tasks):
+        return None
+    as_metrics = {
+        row["name"]: {t: {TASKS[t].primary: v} for t, v in row["metrics"].items()}
+        for row in source["rows"]
+    }
+    reference = as_metrics[source["rows"][0]["name"]]
+    ours = {r.label: r for r in group.ok_rows}
+    headers = ["method", "source"] + [
+        f"{t} {METRIC_NAMES.get(TASKS[t].primary, TASKS[t].primary)} "
+        f"{'↑' if TASKS[t].higher_is_better else '↓'}"
+        for t in tasks
+    ] + ["Δm % (printed)", "Δm % (recomputed)", "trainable M"]
+    body = []
+    for row in source["rows"]:
+        recomputed = delta_m(as_metrics[row["name"]], reference, tasks)
+        body.append(
+            [row["name"], "published"]
+            + [f"{row['metrics'][t]:.2f}" for t in tasks]
+            + [f"{row['delta_m']:+.2f}", f"{recomputed:+.2f}", f"{row['trainable_m']:.2f}"]
+        )
+        mine = ours.get(row["label"])
+        if mine is None:
+            body.append(["", f"ours ({_md(row['label'])}): not run"]
+                        + [MISSING] * (len(headers) - 2))
+            continue
+        body.append(
+            ["", f"ours ({_md(mine.label)}, n={len(mine.runs)})"]
+            + [_stat(mine.metric(t, TASKS[t].primary), 2)[1] for t in tasks]
+            + [MISSING, _stat(mine.delta_m, 2, sign=True)[1],
+               _stat([v / 1e6 for v in mine.params("trainable")[:1]], 2)[1]]
+        )
+    align = ["left", "left"] + ["right"] * (len(headers) - 2)
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
+                    colalign=align)
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+
+
+def _csv_number(value: float | None) -> str:
+    if value is None:
+        return ""
+    if math.isnan(value):
+        return "nan"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(round(float(value), 4))
+
+
+def summary_rows(group: Group) -> tuple[list[str], list[list[str]]]:
+    primary = [(t, TASKS[t].primary) for t in group.tasks]
+    full = group.full_ft_trainable()
+    header = [
+        "label", "method", "status", "n_seeds", "seeds", "delta_m", "delta_m_std",
+        "delta_m_reference", "trainable_params", "total_params", "trainable_share_full_ft",
+        "peak_memory_mb", "peak_memory_mb_std", "memory_kind", "train_seconds",
+        "train_seconds_std", "train_images_per_second", "train_images_per_second_std",
+    ]
+    header += [f"{t}.{m}" for t, m in group.metric_keys]
+    header += [f"{t}.{m}_std" for t, m in primary]
+    header += [f"{t}.change" for t in group.tasks]
+    header += ["error"]
+    out = []
+    for row in group.rows:
+        if row.failed:
+            errors = "; ".join(
+                f"seed {r['seed']}: {' '.join(str(r.get('error') or 'unknown error').split())}"
+                for r in row.runs
+            )
+            values = {"label": row.label, "method": row.method, "status": "failed",
+                      "n_seeds": "0", "seeds": " ".join(map(str, row.seeds)), "error": errors}
+            out.append([values.get(h, "") for h in header])
+            continue
+        trainable = mean_std(row.params("trainable"))[0]
+        values = {
+            "label": row.label, "method": row.method, "status": "ok",
+            "n_seeds": str(len(row.runs)), "seeds": " ".join(map(str, row.seeds)),
+            "delta_m_reference": (
+                "" if not row.delta_m else "mean" if row.mean_reference_seeds else "seed"
+            ),
+            "trainable_params": _csv_number(trainable),
+            "total_params": _csv_number(mean_std(row.params("total"))[0]),
+            "trainable_share_full_ft": _csv_number(
+                100 * trainable / full if full and trainable is not None else None
+            ),
+            "memory_kind": " ".join(k for k in row.memory_kinds if row.cost("peak_memory_mb")),
+        }
+        for name, samples in [
+            ("delta_m", row.delta_m),
+            ("peak_memory_mb", row.cost("peak_memory_mb")),
+            ("train_seconds", row.cost("train_seconds")),
+            ("train_images_per_second", row.cost("train_images_per_second")),
+        ]:
+            mean, std = mean_std(samples)
+            values[name], values[f"{name}_std"] = _csv_number(mean), _csv_number(std)
+        for t, m in group.metric_keys:
+            mean, std = mean_std(row.metric(t, m))
+            values[f"{t}.{m}"], values[f"{t}.{m}_std"] = _csv_number(mean), _csv_number(std)
+        for t in group.tasks:
+            values[f"{t}.change"] = _csv_number(mean_std(row.change.get(t, []))[0])
+        out.append([values.get(h, "") for h in header])
+    return header, out
+
+
+def summary_csv(group: Group) -> str:
+    header, rows = summary_rows(group)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def _points(group: Group, cost: Callable[[Row], list[float]]) -> list[plots.Point]:
+    points = []
+    for row in group.ok_rows:
+        (x, x_err), (y, y_err) = mean_std(cost(row)), mean_std(row.delta_m)
+        if x is not None and y is not None:
+            points.append(plots.Point(row.label, x, y, x_err, y_err))
+    return points
+
+
+def write_figures(group: Group, folder: Path, styles: dict) -> dict[str, Path]:
+    """Draw the group's figures into `folder`; the PNG path of each figure drawn by key."""
+    if not group.has_reference:
+        return {}
+    title = group.title
+    unit, scale = time_unit(group)
+    suffix, _ = memory_note(group)
+    specs = {
+        "params": (lambda r: [v / 1e6 for v in r.params("trainable")[:1]],
+                   "trainable parameters (M, log scale)", True, "trainable parameters"),
+        "memory": (lambda r: r.cost("peak_memory_mb"),
+                   f"peak training memory ({suffix})", None, "peak training memory"),
+        "time": (lambda r: [v / scale for v in r.cost("train_seconds")],
+                 f"training time ({unit})", None, "training time"),
+    }
+    drawn = {}
+    for key, (cost, xlabel, log_x, what) in specs.items():
+        paths = plots.tradeoff_figure(
+            _points(group, cost), styles, folder / FIGURES[key],
+            title=f"{title}\nΔm against {what}", xlabel=xlabel, log_x=log_x,
+        )
+        if paths:
+            drawn[key] = paths[0]
+    changes = {
+        row.label: {**{t: row.change.get(t, []) for t in group.tasks}, "Δm": row.delta_m}
+        for row in group.ok_rows if row.method != REFERENCE
+    }
+    names = [f"{t}\n{METRIC_NAMES.get(TASKS[t].primary, TASKS[t].primary)}" for t in group.tasks]
+    relabelled = {
+        label: {name: values[t] for name, t in zip(names, group.tasks)} | {"Δm": values["Δm"]}
+        for label, values in changes.items()
+    }
+    paths = plots.change_figure(
+        relabelled, [*names, "Δm"], styles, folder / FIGURES["change"],
+        title=f"{title}\nchange relative to single task, per task (sign-corrected)",
+    )
+    if paths:
+        drawn["change"] = paths[0]
+    return drawn
+
+
+def _front_labels(group: Group, cost: Callable[[Row], list[float]]) -> list[str]:
+    return plots.pareto_front({p.label: (p.x, p.y) for p in _points(group, cost)})
+
+
+# -- pages -------------------------------------------------------------------------------------
+
+FIGURE_ALT = {
+    "params": "Δm against trainable parameters",
+    "memory": "Δm against peak training memory",
+    "time": "Δm against training time",
+    "change": "per-task change relative to single task",
+}
+FIGURE_TEXT = {
+    "params": "Δm against trainable parameters (log scale); dashed: the Pareto front "
+              "(higher Δm, fewer parameters).",
+    "memory": "Δm against peak training memory, with its Pareto front.",
+    "time": "Δm against training time, with its Pareto front.",
+    "change": "Change of each task's primary metric relative to the single-task reference, "
+              "in percent and sign-corrected so that up is better; the last group is Δm, "
+              "their mean.",
+}
+
+
+def group_page(group: Group, figures: dict[str, Path]) -> str:
+    ok = [run for row in group.ok_rows for run in row.runs]
+    resolutions = sorted({str(r.get("eval_resolution")) for r in ok if "eval_resolution" in r})
+    devices = sorted({str((r.get("cost") or {}).get("device")) for r in ok
+                      if (r.get("cost") or {}).get("device")})
+    seeds = sorted({s for row in group.rows for s in row.seeds})
+    n_failed = sum(len(r.runs) for r in group.failed_rows)
+    lines = [
+        f"# {group.title}",
+        "",
+        f"Dataset `{group.dataset}`, tasks {', '.join(f'`{t}`' for t in group.tasks)}, "
+        f"backbone `{group.backbone}`, budget `{group.budget}`. "
+        f"Evaluation resolution: {', '.join(resolutions) or MISSING}. "
+        f"Device: {', '.join(devices) or MISSING}. Seeds: {', '.join(map(str, seeds))}. "
+        f"Runs: {len(ok)} finished, {n_failed} failed.",
+        "",
+        f"[All groups](index.md) · [summary.csv]({group.slug}/summary.csv)",
+        "",
+        "## Relative performance",
+        "",
+        "Mean ± standard deviation over seeds (n seeds). Δm (SPEC 1.4) is recomputed here "
+        "from each run's metrics against the single-task reference of the same seed. "
+        "Rows are sorted by Δm; the best value of each column is bold; ↑/↓ mark the "
+        "direction of better. Trainable parameters include the decoders.",
+        "",
+        relative_table(group),
+        "",
+    ]
+    notes = list(group.notes)
+    if not group.has_reference:
+        notes.insert(0, f"Δm is missing: this group has no single-task reference. Produce it "
+                        f"with `{reference_command(group)}`.")
+    _, mark_cpu = memory_note(group)
+    if mark_cpu:
+        notes.append("† peak memory measured as the rise of the process's resident memory on "
+                     "a CPU, not the CUDA allocator's peak: compare only like with like.")
+    lines += [f"- {_md(note)}" for note in notes]
+    if notes:
+        lines.append("")
+    if group.failed_rows:
+        lines += ["## Failed runs", ""]
+        for row in group.failed_rows:
+            for run in row.runs:
+                error = " ".join(str(run.get("error") or "unknown error").split())
+                error = error.replace("`", "'")
+                lines.append(f"- {_md(row.label)} seed {run['seed']} (`{run['_path']}`): "
+                             f"`{error}`")
+        lines.append("")
+    if figures:
+        lines += ["## Figures", ""]
+        costs = {"params": lambda r: r.params("trainable")[:1],
+                 "memory": lambda r: r.cost("peak_memory_mb"),
+                 "time": lambda r: r.cost("train_seconds")}
+        for key, png in figures.items():
+            rel = f"{group.slug}/{png.name}"
+            lines += [f"![{FIGURE_ALT[key]}]({rel})", "",
+                      f"{FIGURE_TEXT[key]} [SVG]({group.slug}/{png.with_suffix('.svg').name})"]
+            if key in costs:
+                front = _front_labels(group, costs[key])
+                lines.append(f"Pareto-optimal: {', '.join(_md(k) for k in front)}.")
+            lines.append("")
+    published = published_table(group)
+    if published is not None:
+        lines += [
+            "## Beside the published numbers",
+            "",
+            f"Published: {PUBLISHED_PASCAL_SWIN_T['source']} (PASCAL-Context, Swin-T, "
+            "ImageNet-1k weights, 448x448, 300 epochs), as quoted in SPEC 3.2. "
+            "\"printed\" is the paper's Δm; \"recomputed\" applies SPEC 1.4 to the printed "
+            "metrics (for full fine-tuning it gives +2.45, not the printed +2.23); ours is "
+            f"recomputed against our own single-task reference, budget `{group.budget}`.",
+            "",
+            published,
+            "",
         ]
-        rows.append((statistics.fmean(scores) if scores else float("-inf"), row))
-    rows.sort(key=lambda item: -item[0])
-    table = [row for _, row in rows]
-    for r in records:
-        if r["status"] != "ok":
-            table.append([f"{r['label']} (failed)", str(r["seed"]), *(["–"] * (len(headers) - 2))])
-            notes.append(f"{r['label']} seed {r['seed']} failed: {r.get('error')}")
-    return headers, table, notes
+    return "\n".join(lines).rstrip() + "\n"
 
 
-def write_reports(records: list[dict], output_dir: Path) -> list[Path]:
+def index_page(groups: list[Group]) -> str:
+    body = []
+    for group in groups:
+        # rows are sorted by Δm, so the first scored one that is not the reference is the best
+        best = next(
+            (row for row in group.ok_rows if row.method != REFERENCE and row.delta_m
+             and row.mean_delta_m is not None and not math.isnan(row.mean_delta_m)),
+            None,
+        )
+        body.append([
+            f"[{group.title}]({group.slug}.md)",
+            ", ".join(group.tasks),
+            str(len(group.ok_rows)),
+            str(sum(len(row.runs) for row in group.ok_rows)),
+            str(sum(len(row.runs) for row in group.failed_rows)),
+            f"{_md(best.label)} ({best.mean_delta_m:+.2f})" if best else MISSING,
+        ])
+    table = tabulate(body, headers=["group", "tasks", "configurations", "runs", "failed",
+                                    "best Δm %"], tablefmt="github", disable_numparse=True)
+    return "\n".join([
+        "# Results",
+        "",
+        "One page per comparison group (dataset, tasks, backbone, budget), generated by "
+        "`python -m benchmark.report` from the result records alone.",
+        "",
+        table,
+        "",
+    ])
+
+
+def write_reports(records: list[dict], output_dir: Path, figures: bool = True) -> list[Path]:
+    """Write every group's page, CSV and figures and the index; return the pages."""
+    groups = build_groups(records)
+    styles = {}
+    if figures:
+        styles = plots.assign_styles(
+            {(r["method"], r["label"]) for r in records if r["status"] == "ok"}, REFERENCE
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[group_key(r)].append(r)
     pages = []
-    index = ["# Results", "", "One page per group (dataset, tasks, backbone, budget).", ""]
-    for key in sorted(groups):
-        dataset, tasks, backbone, budget = key
-        name = slug(f"{dataset}-{backbone}-{budget}-{'-'.join(tasks)}") + ".md"
-        headers, table, notes = group_table(groups[key])
-        ok = [r for r in groups[key] if r["status"] == "ok"]
-        devices = sorted({(r.get("cost") or {}).get("device", "?") for r in ok})
-        lines = [
-            f"# {dataset} · {backbone} · budget {budget}",
-            "",
-            f"Tasks: {', '.join(tasks)}. Evaluation resolution: "
-            f"{', '.join(sorted({str(r.get('eval_resolution')) for r in ok})) or '–'}. "
-            f"Device: {', '.join(devices) or '–'}.",
-            "",
-            "Mean ± standard deviation over seeds; Δm against the single-task reference "
-            "(SPEC 1.4), recomputed from the metrics; rows sorted by Δm.",
-            "",
-            tabulate(table, headers=headers, tablefmt="github", disable_numparse=True),
-            "",
-        ]
-        lines += [f"- {note}" for note in notes]
-        (output_dir / name).write_text("\n".join(lines).rstrip() + "\n")
-        pages.append(output_dir / name)
-        index.append(f"- [{dataset} · {backbone} · {budget} · {', '.join(tasks)}]({name})")
-    (output_dir / "index.md").write_text("\n".join(index) + "\n")
+    for group in groups:
+        folder = output_dir / group.slug
+        folder.mkdir(exist_ok=True)
+        for name in FIGURES.values():  # stale figures of an earlier report
+            for old in folder.glob(f"{name}.*"):
+                old.unlink()
+        drawn = write_figures(group, folder, styles) if figures else {}
+        (folder / "summary.csv").write_text(summary_csv(group), encoding="utf-8")
+        page = output_dir / f"{group.slug}.md"
+        page.write_text(group_page(group, drawn), encoding="utf-8")
+        pages.append(page)
+    (output_dir / "index.md").write_text(index_page(groups), encoding="utf-8")
     return pages
+
+
+# -- command line ------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
     args = {"results_dir": "results", "output_dir": "reports"}
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or key not in args:
+        if not sep or key not in args or not value:
             raise UserError(f"unknown argument {arg!r}; use results_dir=DIR output_dir=DIR")
         args[key] = value
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
         records, warnings = load(Path(args["results_dir"]))
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        print(f"read {len(records)} record(s) from {args['results_dir']}")
+        matplotlib.use("Agg")
         pages = write_reports(records, Path(args["output_dir"]))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(pages)} report page(s) and {Path(args['output_dir']) / 'index.md'}")
+    print(f"wrote {len(pages)} group page(s), figures and CSVs; "
+          f"index at {Path(args['output_dir']) / 'index.md'}")
     return 0
 
 

@@ -1,0 +1,431 @@
+"""Figures of the report: Δm against cost with the Pareto front, and per-task change.
+
+Everything here takes plain values (points, labels, colours), never records, so the report
+decides what is plotted and this module only how. Figures are drawn on their own Agg canvas
+(no pyplot state, no display needed) and saved as PNG and SVG with fixed metadata, so the
+same numbers give the same SVG bytes.
+
+Colours: one per configuration label, the same in every figure of every group. Labels of one
+method share a hue (shades from light to dark in natural order, so `mtlora r=16/32/64`
+darken with the rank) and a marker, so a figure stays readable in greyscale too.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+Colour = tuple[float, float, float]
+
+REFERENCE_COLOUR: Colour = (0.3, 0.3, 0.3)
+REFERENCE_MARKER = "*"
+# no plus or cross shapes: they read as error bars
+MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "h", "d", "8", "H")
+FORMATS = ("png", "svg")
+PNG_DPI = 200
+LABEL_FONT_SIZE = 7.5
+LEADER_FROM = 12  # pixels between a point and its label beyond which a line joins them
+GRID_COLOUR = "#d9d9d9"
+
+# Fixed salt and no dates: regenerating a figure from the same numbers gives the same SVG.
+RC = {
+    **sns.axes_style("whitegrid", {"grid.color": GRID_COLOUR}),
+    **sns.plotting_context("paper"),
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 7.5,
+    "svg.hashsalt": "mtpeft-report",
+    "svg.fonttype": "path",
+    "figure.dpi": 100,
+}
+SAVE_METADATA = {
+    "png": {"Software": None},
+    "svg": {"Date": None, "Creator": None},
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration in a trade-off figure: means and standard deviations (None: n=1)."""
+
+    label: str
+    x: float
+    y: float
+    x_err: float | None = None
+    y_err: float | None = None
+
+
+@dataclass(frozen=True)
+class Style:
+    colour: Colour
+    marker: str
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders `r=16` before `r=128`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _shade(colour: Colour, amount: float) -> Colour:
+    """Lighten (amount > 0) or darken (amount < 0) a colour, keeping its hue."""
+    h, lightness, s = colorsys.rgb_to_hls(*colour)
+    target = 1.0 if amount > 0 else 0.0
+    lightness = lightness + (target - lightness) * abs(amount)
+    return colorsys.hls_to_rgb(h, lightness, s)
+
+
+def assign_styles(labels: Iterable[tuple[str, str]], reference_method: str) -> dict[str, Style]:
+    """Colour and marker per label from every (method, label) pair of the report.
+
+    Depends only on the set of pairs, so every figure of every group agrees. The reference
+    method is grey with a star.
+    """
+    by_method: dict[str, set[str]] = {}
+    for method, label in labels:
+        by_method.setdefault(method, set()).add(label)
+    methods = sorted((m for m in by_method if m != reference_method), key=natural_key)
+    # tab10 without its grey, which is the reference's; beyond nine methods, evenly spaced hues
+    base = [c for i, c in enumerate(sns.color_palette("tab10", 10)) if i != 7]
+    if len(methods) > len(base):
+        base = sns.color_palette("husl", len(methods))
+    styles: dict[str, Style] = {}
+    for label in by_method.get(reference_method, ()):
+        styles[label] = Style(REFERENCE_COLOUR, REFERENCE_MARKER)
+    for index, method in enumerate(methods):
+        variants = sorted(by_method[method], key=natural_key)
+        amounts = np.linspace(0.35, -0.35, len(variants)) if len(variants) > 1 else [0.0]
+        for label, amount in zip(variants, amounts):
+            colour = tuple(float(c) for c in _shade(tuple(base[index]), float(amount)))
+            styles[label] = Style(colour, MARKERS[index % len(MARKERS)])
+    return styles
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Labels of the points no other point dominates, minimising cost and maximising score.
+
+    `points` maps a label to (cost, score). A point is dominated when another has a cost no
+    higher and a score no lower, and is strictly better in one of them; identical points are
+    all on the front. Points with a NaN coordinate take no part. Sorted by cost (then score,
+    best first, then label).
+    """
+    valid = {k: v for k, v in points.items() if not any(math.isnan(c) for c in v)}
+    front = [
+        label
+        for label, (cost, score) in valid.items()
+        if not any(
+            c <= cost and s >= score and (c < cost or s > score) for c, s in valid.values()
+        )
+    ]
+    return sorted(front, key=lambda k: (valid[k][0], -valid[k][1], natural_key(k)))
+
+
+# -- label placement -----------------------------------------------------------------------
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in display pixels
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _outside(box: Box, frame: Box) -> float:
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return area - _overlap(box, frame)
+
+
+def _inside(x: float, y: float, box: Box) -> bool:
+    return box[0] <= x <= box[2] and box[1] <= y <= box[3]
+
+
+def _leader_hits(
+    start: tuple[float, float], box: Box, others: Sequence[Box], skip: float = 7.0
+) -> int:
+    """How many samples of the leader line from `start` to `box` fall inside `others`."""
+    x, y = start
+    ex, ey = min(max(x, box[0]), box[2]), min(max(y, box[1]), box[3])
+    length = math.hypot(ex - x, ey - y)
+    hits = 0
+    for k in range(int(skip // 3), int(length // 3) + 1):
+        t = min(3 * k / length, 1.0) if length else 1.0
+        px, py = x + (ex - x) * t, y + (ey - y) * t
+        hits += sum(_inside(px, py, other) for other in others)
+    return hits
+
+
+def place_labels(
+    anchors: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[float, float]],
+    obstacles: Sequence[Box],
+    frame: Box,
+) -> list[tuple[float, float, float]]:
+    """Centre of each label box and its distance from the anchor (display pixels), chosen
+    greedily around the anchor.
+
+    Each label tries rings of candidate positions at growing distance from its point and
+    takes the one whose box and leader line overlap the labels already placed, the obstacles
+    (markers, error bars, lines, legend) and the outside of `frame` least, preferring near
+    positions and the right side. Crowded points choose first. Deterministic.
+    """
+    angles = [math.radians(a) for a in (0, 30, -30, 60, -60, 90, -90, 120, -120, 150, -150, 180)]
+    radii = (5, 10, 18, 28, 40, 55, 75, 100)
+
+    def crowding(i: int) -> int:
+        x, y = anchors[i]
+        return sum(math.hypot(x - u, y - v) < 60 for u, v in anchors)
+
+    order = sorted(range(len(anchors)), key=lambda i: (-crowding(i), anchors[i]))
+    placed: list[Box] = []
+    centres: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * len(anchors)
+    for i in order:
+        (x, y), (w, h) = anchors[i], sizes[i]
+        best = None
+        for ring, radius in enumerate(radii):
+            for turn, angle in enumerate(angles):
+                cx = x + math.cos(angle) * (radius + w / 2)
+                cy = y + math.sin(angle) * (radius + h / 2)
+                box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+                cost = (
+                    20 * sum(_overlap(box, other) for other in placed)
+                    + 8 * sum(_overlap(box, other) for other in obstacles)
+                    + 50 * _outside(box, frame)
+                    + 12 * ring
+                    + turn
+                )
+                if ring > 1 and (best is None or cost < best[0]):
+                    cost += 60 * _leader_hits((x, y), box, placed)
+                    cost += 15 * _leader_hits((x, y), box, obstacles)
+                if best is None or cost < best[0]:
+                    best = (cost, (cx, cy, radius), box)
+        _, centres[i], box = best
+        placed.append(box)
+    return centres
+
+
+def _label_points(
+    ax, fig: Figure, points: Sequence[Point], styles: Mapping[str, Style], obstacles: list[Box]
+) -> None:
+    """Write each point's label where `place_labels` puts it, in a dark shade of the point's
+    colour, joined to the point by a thin line when it had to move away."""
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    anchors = [tuple(to_px((p.x, p.y))) for p in points]
+    sizes = []
+    for p in points:
+        text = ax.text(0, 0, p.label, fontsize=LABEL_FONT_SIZE)
+        extent = text.get_window_extent(renderer)
+        sizes.append((extent.width + 4, extent.height + 2))
+        text.remove()
+    frame = ax.get_window_extent(renderer)
+    frame_box = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
+    centres = place_labels(anchors, sizes, obstacles, frame_box)
+    points_per_px = 72 / fig.dpi
+    for p, (ax_px, ay_px), (cx, cy, radius) in zip(points, anchors, centres):
+        dx, dy = cx - ax_px, cy - ay_px
+        far = radius > LEADER_FROM
+        ax.annotate(
+            p.label,
+            xy=(p.x, p.y),
+            xytext=(dx * points_per_px, dy * points_per_px),
+            textcoords="offset points",
+            ha="center",
+            va="center",
+            fontsize=LABEL_FONT_SIZE,
+            color=_shade(styles[p.label].colour, -0.45),
+            zorder=5,
+            arrowprops=(
+                {"arrowstyle": "-", "color": styles[p.label].colour, "lw": 0.7,
+                 "shrinkA": 1, "shrinkB": 4}
+                if far
+                else None
+            ),
+        )
+
+
+def _segment_obstacles(xy_px: np.ndarray, step: float = 6.0, half: float = 2.0) -> list[Box]:
+    """Small boxes along a polyline (display pixels), so labels keep off it."""
+    boxes = []
+    for (x0, y0), (x1, y1) in zip(xy_px[:-1], xy_px[1:]):
+        n = max(int(math.hypot(x1 - x0, y1 - y0) / step), 1)
+        for t in np.linspace(0, 1, n + 1):
+            x, y = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
+            boxes.append((x - half, y - half, x + half, y + half))
+    return boxes
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def _limits(lo: float, hi: float, log: bool, pad: float) -> tuple[float, float]:
+    if log:
+        a, b = math.log10(lo), math.log10(hi)
+        span = max(b - a, 0.5)
+        return 10 ** (a - pad * span), 10 ** (b + pad * span)
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    return lo - pad * span, hi + pad * span
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    paths = []
+    for fmt in FORMATS:
+        path = stem.with_suffix(f".{fmt}")
+        fig.savefig(path, format=fmt, dpi=PNG_DPI, metadata=SAVE_METADATA[fmt])
+        paths.append(path)
+    return paths
+
+
+def tradeoff_figure(
+    points: Sequence[Point],
+    styles: Mapping[str, Style],
+    stem: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str = "Δm (%, higher is better)",
+    log_x: bool | None = None,
+) -> list[Path]:
+    """Score against a cost, one labelled marker per configuration, the Pareto front dashed.
+
+    `log_x` None chooses a log axis when the costs span more than a factor of 6. Writes
+    `stem`.png and `stem`.svg and returns their paths.
+    """
+    points = [p for p in points if not (math.isnan(p.x) or math.isnan(p.y))]
+    if not points:
+        return []
+    xs = [p.x for p in points]
+    if log_x is None:
+        log_x = min(xs) > 0 and max(xs) / min(xs) > 6
+    log_x = log_x and min(xs) > 0
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.axhline(0, color=REFERENCE_COLOUR, lw=0.8, ls=":", zorder=1)
+        for p in points:
+            style = styles[p.label]
+            ax.errorbar(
+                p.x, p.y, xerr=p.x_err, yerr=p.y_err, fmt=style.marker, color=style.colour,
+                ms=9 if style.marker == REFERENCE_MARKER else 6.5, mec="white", mew=0.6,
+                ecolor=style.colour, elinewidth=0.9, capsize=2.5, zorder=4,
+            )
+        front = pareto_front({p.label: (p.x, p.y) for p in points})
+        by_label = {p.label: p for p in points}
+        front_x = [by_label[k].x for k in front]
+        front_y = [by_label[k].y for k in front]
+        (front_line,) = ax.step(
+            front_x, front_y, where="post", color="#505050", lw=1.0, ls="--", zorder=2,
+            label="Pareto front",
+        )
+
+        lo_x = min(p.x - (p.x_err or 0) for p in points)
+        hi_x = max(p.x + (p.x_err or 0) for p in points)
+        if log_x:
+            ax.set_xscale("log")
+            lo_x = min(p.x for p in points) if lo_x <= 0 else lo_x
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(*_limits(lo_x, hi_x, log_x, 0.12))
+        lo_y = min([p.y - (p.y_err or 0) for p in points] + [0.0])
+        hi_y = max([p.y + (p.y_err or 0) for p in points] + [0.0])
+        ax.set_ylim(*_limits(lo_y, hi_y, False, 0.12))
+        if log_x and "log scale" not in xlabel:
+            xlabel = xlabel[:-1] + ", log scale)" if xlabel.endswith(")") else xlabel + " (log)"
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(
+            handles=[front_line, ax.lines[0]],
+            labels=["Pareto front", "single-task reference (Δm = 0)"],
+            loc="best", frameon=True, framealpha=0.9,
+        )
+        # Freeze the layout before measuring, so the label offsets stay valid when saving.
+        fig.canvas.draw()
+        fig.set_layout_engine("none")
+        to_px = ax.transData.transform
+        obstacles: list[Box] = []
+        for p in points:
+            x, y = to_px((p.x, p.y))
+            obstacles.append((x - 5, y - 5, x + 5, y + 5))
+            if p.y_err:
+                _, y0 = to_px((p.x, p.y - p.y_err))
+                _, y1 = to_px((p.x, p.y + p.y_err))
+                obstacles.append((x - 3, y0, x + 3, y1))
+            if p.x_err:
+                x0, _ = to_px((max(p.x - p.x_err, ax.get_xlim()[0]), p.y))
+                x1, _ = to_px((p.x + p.x_err, p.y))
+                obstacles.append((x0, y - 3, x1, y + 3))
+        obstacles += _segment_obstacles(to_px(_step_vertices(front_x, front_y)))
+        legend = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+        obstacles.append((legend.x0, legend.y0, legend.x1, legend.y1))
+        _label_points(ax, fig, points, styles, obstacles)
+        return _save(fig, stem)
+
+
+def _step_vertices(xs: Sequence[float], ys: Sequence[float]) -> np.ndarray:
+    """Vertices of a `where="post"` staircase through the points."""
+    out = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        out.append((x, y))
+        if i + 1 < len(xs):
+            out.append((xs[i + 1], y))
+    return np.asarray(out, float).reshape(-1, 2)
+
+
+def change_figure(
+    changes: Mapping[str, Mapping[str, Sequence[float]]],
+    groups: Sequence[str],
+    styles: Mapping[str, Style],
+    stem: Path,
+    *,
+    title: str,
+    ylabel: str = "change vs single task (%, up is better)",
+) -> list[Path]:
+    """Grouped bars: for each group (a task, or Δm) one bar per label, mean ± std of seeds.
+
+    `changes[label][group]` holds the per-seed values; labels are drawn in the given order.
+    """
+    labels = [k for k in changes if any(changes[k].get(g) for g in groups)]
+    if not labels:
+        return []
+    n = len(labels)
+    width = 0.8 / n
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(max(6.4, 1.6 + 0.16 * n * len(groups)), 4.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for i, label in enumerate(labels):
+            values = [list(changes[label].get(g, ())) for g in groups]
+            means = [float(np.mean(v)) if v else np.nan for v in values]
+            errs = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
+            centres = np.arange(len(groups)) - 0.4 + width * (i + 0.5)
+            ax.bar(
+                centres, means, width=width * 0.92, color=styles[label].colour, label=label,
+                yerr=errs if any(errs) else None, error_kw={"elinewidth": 0.8, "capsize": 1.5},
+                zorder=3,
+            )
+        ax.axhline(0, color="#303030", lw=0.8, zorder=4)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_xlim(-0.5, len(groups) - 0.5)
+        for i in range(1, len(groups)):
+            ax.axvline(i - 0.5, color=GRID_COLOUR, lw=0.8, zorder=1)
+        ax.grid(axis="x", visible=False)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        fig.legend(loc="outside right upper", frameon=False, title="configuration")
+        return _save(fig, stem)
