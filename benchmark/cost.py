@@ -65,6 +65,14 @@ class PeakMemory:
             rss = _rss_bytes() or 0
             self._peak = max(self._peak, rss)
 
+    def current_mb(self) -> float | None:
+        """The peak so far."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if not hasattr(self, "_thread"):
+            return None
+        return (max(self._peak, _rss_bytes() or 0) - self._base) / 2**20
+
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -8,8 +8,11 @@ trained first when it does not exist yet, so every later run of the same setting
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import subprocess
+import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,11 +21,20 @@ from tqdm.auto import tqdm
 
 from benchmark.cost import device_name
 from benchmark.data import MultiTaskData, dataset_info, load_dataset
+from benchmark.errors import UserError
 from benchmark.metrics import delta_m
 from benchmark.model import build_model
-from benchmark.records import SCHEMA, finished_record, run_dir, write_json_atomic
+from benchmark.records import (
+    SCHEMA,
+    RunBusy,
+    finished_record,
+    read_record,
+    run_dir,
+    run_lock,
+    write_json_atomic,
+)
 from benchmark.tasks import TASKS
-from benchmark.train import resolve_device, train_and_evaluate
+from benchmark.train import GroupResult, resolve_device, train_and_evaluate
 from methods.base import instantiate_method
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -52,49 +64,149 @@ class DataCache:
         return self._data
 
 
-def run_experiment(cfg: DictConfig, cache: DataCache | None = None, log=tqdm.write) -> dict:
-    """Train and evaluate `cfg` unless its record exists; return the record."""
+class RunFailed(RuntimeError):
+    """A run stopped with an error; its failed record has been written."""
+
+
+def run_experiment(
+    cfg: DictConfig,
+    cache: DataCache | None = None,
+    log=tqdm.write,
+    failures: list[str] | None = None,
+) -> dict:
+    """Train and evaluate `cfg` unless its record exists; return the record.
+
+    Raises `RunBusy` when another process holds the run, `RunFailed` (after writing a
+    record with `status: failed`) when training or evaluation fails, and `UserError` on bad
+    input. A failure of the single-task reference that this run trains first does not stop
+    this run: it is appended to `failures`.
+    """
     method = instantiate_method(cfg.method)
     directory = run_dir(cfg, method.label)
     done = None if cfg.force else finished_record(directory)
     if done is not None:
         log(f"skip {method.label} seed {cfg.seed}: finished in {directory} (force=true re-runs)")
         return done
+    with run_lock(directory):
+        if cfg.force:
+            clear_run_state(directory)
+        elif any(directory.glob("checkpoint-*.pt")) or any(directory.glob("group-*.json")):
+            log(f"resuming {method.label} seed {cfg.seed} from {directory}")
+        reference = None
+        if method.name != REFERENCE_METHOD:
+            reference = ensure_reference(cfg, cache, log, failures)
+        try:
+            results = train_groups(method, cfg, directory, cache or DataCache())
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                traceback.print_exc()
+            message = f"{type(err).__name__}: {err}"
+            write_json_atomic(directory / "result.json", failed_record(cfg, method, message))
+            raise RunFailed(message) from None
+        if reference is None and method.name != REFERENCE_METHOD:
+            reference = finished_record(reference_dir(cfg))  # trained meanwhile elsewhere?
+        record = make_record(cfg, method, directory, results, reference)
+        (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        write_json_atomic(directory / "result.json", record)
+        if not cfg.keep_checkpoints:
+            clear_run_state(directory)
+    log(summary_line(record))
+    return record
 
-    reference = None
-    if method.name != REFERENCE_METHOD:
-        ref_cfg = reference_config(cfg)
-        ref_cfg.force = False
-        reference = finished_record(run_dir(ref_cfg, instantiate_method(ref_cfg.method).label))
-        if reference is None:
-            log("Δm needs the single-task reference of this setting: training it first")
-            reference = run_experiment(ref_cfg, cache, log)
 
-    cache = cache or DataCache()
+def reference_dir(cfg: DictConfig) -> Path:
+    ref_cfg = reference_config(cfg)
+    return run_dir(ref_cfg, instantiate_method(ref_cfg.method).label)
+
+
+def ensure_reference(
+    cfg: DictConfig, cache: DataCache | None, log, failures: list[str] | None
+) -> dict | None:
+    """The single-task record of `cfg`'s setting, trained first if missing. None (and Δm
+    left empty) when it fails or another process is training it right now."""
+    reference = finished_record(reference_dir(cfg))
+    if reference is not None:
+        return reference
+    log("Δm needs the single-task reference of this setting: training it first")
+    ref_cfg = reference_config(cfg)
+    ref_cfg.force = False
+    try:
+        return run_experiment(ref_cfg, cache, log)
+    except RunBusy as err:
+        log(f"{err}; this run's Δm is filled in if the reference finishes first")
+    except RunFailed as err:
+        log(f"FAILED the single-task reference seed {cfg.seed}: {err}; Δm stays empty")
+        if failures is not None:
+            failures.append(f"{REFERENCE_METHOD} seed {cfg.seed} (reference): {err}")
+    return None
+
+
+def train_groups(method, cfg: DictConfig, directory: Path, cache: DataCache) -> list[GroupResult]:
+    """Train one model per task group; a group finished before an interruption is reused."""
     device = resolve_device(cfg.device)
     info = dataset_info(cfg.dataset)
     data = cache.get(cfg.dataset, cfg.progress)
     groups = method.task_groups(info.tasks)
     results = []
-    for tasks in groups:
+    for i, tasks in enumerate(groups):
+        saved = directory / f"group-{i}.json"
+        previous = read_record(saved)
+        if previous is not None and previous.get("tasks") == list(tasks):
+            results.append(GroupResult(**previous))
+            continue
         torch.manual_seed(cfg.seed)
         model = build_model(method, cfg, info, tasks)
         desc = method.label + (f" [{'+'.join(tasks)}]" if len(groups) > 1 else "")
-        results.append(
-            train_and_evaluate(model, data, cfg.budget, device, cfg.seed, cfg.progress, desc)
+        result = train_and_evaluate(
+            model, data, cfg.budget, device, cfg.seed, cfg.progress, desc,
+            checkpoint=directory / f"checkpoint-{i}.pt", checkpoint_every=cfg.checkpoint_every,
         )
+        write_json_atomic(saved, asdict(result))
+        results.append(result)
         del model
+    return results
 
+
+def clear_run_state(directory: Path) -> None:
+    for path in [*directory.glob("checkpoint-*.pt"), *directory.glob("group-*.json")]:
+        path.unlink(missing_ok=True)
+
+
+def failed_record(cfg: DictConfig, method, message: str) -> dict:
+    return {
+        "schema": SCHEMA,
+        "status": "failed",
+        "error": message,
+        "method": method.name,
+        "label": method.label,
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+        "dataset": cfg.dataset.name,
+        "tasks": list(cfg.dataset.tasks),
+        "backbone": cfg.backbone.name,
+        "budget": cfg.budget.name,
+        "seed": cfg.seed,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": versions(),
+    }
+
+
+def make_record(cfg, method, directory: Path, results: list[GroupResult], reference) -> dict:
+    device = resolve_device(cfg.device)
+    info = dataset_info(cfg.dataset)
     metrics = {task: m for r in results for task, m in r.metrics.items()}
     metrics = {task: metrics[task] for task in info.tasks}
-    if reference is not None:
+    if method.name == REFERENCE_METHOD:
+        score = delta_m(metrics, metrics, info.tasks)  # the reference itself: 0 by definition
+    elif reference is not None:
         score = delta_m(metrics, reference["metrics"], info.tasks)
     else:
-        score = delta_m(metrics, metrics, info.tasks)  # the reference itself: 0 by definition
+        score = None
     seconds = sum(r.train_seconds for r in results)
     images = sum(r.train_images for r in results)
     peaks = [r.peak_memory_mb for r in results if r.peak_memory_mb is not None]
-    record = {
+    return {
         "schema": SCHEMA,
         "status": "ok",
         "error": None,
@@ -130,11 +242,6 @@ def run_experiment(cfg: DictConfig, cache: DataCache | None = None, log=tqdm.wri
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    write_json_atomic(directory / "result.json", record)
-    log(summary_line(record))
-    return record
 
 
 def summary_line(record: dict) -> str:

@@ -10,11 +10,14 @@ not invalidate finished runs. Layout:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +86,62 @@ def iter_records(results_dir: Path) -> Iterator[tuple[Path, dict | None]]:
     """Every `result.json` below `results_dir` with its parsed content (None if malformed)."""
     for path in sorted(Path(results_dir).rglob("result.json")):
         yield path, read_record(path)
+
+
+class RunBusy(RuntimeError):
+    """Another live process holds the run's lock."""
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(directory: Path) -> Iterator[None]:
+    """Hold `directory/lock` while a run trains, so that two sweeps sharing a results
+    directory never train (and write) the same run at once. A lock left by a dead process
+    of this host is taken over; a lock of another host is respected (its file names the
+    holder; delete it if that job is gone)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "lock"
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_record(path)
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile
+            unreadable_and_old = holder is None and age > 60
+            dead_here = (
+                holder is not None and holder.get("host") == me["host"]
+                and not _alive(holder.get("pid"))
+            )
+            if unreadable_and_old or dead_here:
+                path.unlink(missing_ok=True)
+                continue
+            who = "another process" if holder is None else (
+                f"process {holder.get('pid')} on {holder.get('host')}"
+            )
+            raise RunBusy(
+                f"{directory} is being trained by {who} (delete {path} if not)"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise RunBusy(f"could not take the lock {path}")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)

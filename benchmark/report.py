@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 import sys
@@ -159,8 +160,40 @@ def load(results_dir: Path) -> tuple[list[dict], list[str]]:
 # -- aggregation ------------------------------------------------------------------------------
 
 
-def group_key(record: dict) -> tuple:
-    return (record["dataset"], tuple(record["tasks"]), record["backbone"], record["budget"])
+def _budget_config(record: dict) -> dict | None:
+    config = record.get("config")
+    budget = config.get("budget") if isinstance(config, dict) else None
+    return budget if isinstance(budget, dict) else None
+
+
+def budget_variants(records: list[dict]) -> dict[tuple[str, str], str]:
+    """Names for budgets that share a name but not their settings (e.g. a sweep over
+    `budget.lr`): `smoke (lr=0.01)`. Their runs are not comparable, so they form separate
+    groups, named by the settings in which they differ."""
+    variants: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in records:
+        budget = _budget_config(r)
+        if budget is not None:
+            variants[r["budget"]][json.dumps(budget, sort_keys=True)] = budget
+    names = {}
+    for name, by_text in variants.items():
+        if len(by_text) < 2:
+            continue
+        differing = sorted(
+            {k for b in by_text.values() for k in b
+             if len({json.dumps(v.get(k)) for v in by_text.values()}) > 1}
+        )
+        for text, budget in by_text.items():
+            names[(name, text)] = f"{name} ({', '.join(f'{k}={budget.get(k)}' for k in differing)})"
+    return names
+
+
+def group_key(record: dict, variants: dict[tuple[str, str], str] | None = None) -> tuple:
+    budget = record["budget"]
+    config = _budget_config(record)
+    if variants and config is not None:
+        budget = variants.get((budget, json.dumps(config, sort_keys=True)), budget)
+    return (record["dataset"], tuple(record["tasks"]), record["backbone"], budget)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -332,8 +365,9 @@ def build_group(key: tuple, records: list[dict]) -> Group:
 
 def build_groups(records: list[dict]) -> list[Group]:
     grouped: dict[tuple, list[dict]] = defaultdict(list)
+    variants = budget_variants(records)
     for r in records:
-        grouped[group_key(r)].append(r)
+        grouped[group_key(r, variants)].append(r)
     return [build_group(key, grouped[key]) for key in sorted(grouped)]
 
 

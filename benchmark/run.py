@@ -139,38 +139,30 @@ def _first_line(err: BaseException) -> str:
 
 
 def run_sweep(configs: list[DictConfig]) -> int:
-    from benchmark.experiment import REFERENCE_METHOD, DataCache, run_experiment
-    from benchmark.records import run_dir, write_json_atomic
+    from benchmark.experiment import REFERENCE_METHOD, DataCache, RunFailed, run_experiment
+    from benchmark.records import RunBusy
 
     # References first: every other run of the same setting needs them for Δm.
     configs = sorted(configs, key=lambda c: c.method.name != REFERENCE_METHOD)
     cache = DataCache()
-    failures = []
+    failures, busy = [], []
     progress = all(c.progress for c in configs)
     bar = tqdm(configs, desc="sweep", unit="run", disable=not progress or len(configs) == 1)
     for cfg in bar:
         bar.set_postfix_str(f"{cfg.method.name} seed {cfg.seed}")
         try:
-            run_experiment(cfg, cache)
-        except UserError:
-            raise
-        except Exception as err:  # one run failing must not stop the sweep
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                traceback.print_exc()
-            message = f"{type(err).__name__}: {err}"
-            failures.append(f"{cfg.method.name} seed {cfg.seed}: {message}")
-            tqdm.write(f"FAILED {cfg.method.name} seed {cfg.seed}: {message}")
-            record = {
-                "schema": 1, "status": "failed", "error": message,
-                "method": cfg.method.name, "label": cfg.method.name,
-                "dataset": cfg.dataset.name, "tasks": list(cfg.dataset.tasks),
-                "backbone": cfg.backbone.name, "budget": cfg.budget.name, "seed": cfg.seed,
-                "config": OmegaConf.to_container(cfg, resolve=True),
-            }
-            write_json_atomic(run_dir(cfg, cfg.method.name) / "result.json", record)
+            run_experiment(cfg, cache, failures=failures)
+        except RunFailed as err:  # recorded as failed; the sweep goes on
+            failures.append(f"{cfg.method.name} seed {cfg.seed}: {err}")
+            tqdm.write(f"FAILED {cfg.method.name} seed {cfg.seed}: {err}")
+        except RunBusy as err:
+            busy.append(str(err))
+            tqdm.write(f"skip {cfg.method.name} seed {cfg.seed}: {err}")
     bar.close()
+    if busy:
+        print(f"{len(busy)} runs were left to the processes training them", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} of {len(configs)} runs failed:", file=sys.stderr)
+        print(f"{len(failures)} runs failed:", file=sys.stderr)
         for line in failures:
             print(f"  {line}", file=sys.stderr)
         return 1

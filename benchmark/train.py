@@ -9,7 +9,9 @@ from streaming meters over the validation split.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -26,6 +28,10 @@ from benchmark.model import MultiTaskModel, count_parameters
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory at the budget's batch size."""
 
 
 @dataclass
@@ -88,7 +94,16 @@ def train_and_evaluate(
     seed: int,
     progress: bool = True,
     desc: str = "train",
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 1,
 ) -> GroupResult:
+    """Train `model` with the budget's recipe, then evaluate it on the validation split.
+
+    With `checkpoint`, the training state (model, optimiser, step, RNG, cost so far) is saved
+    there atomically every `checkpoint_every` epochs and after the last one, and a run that
+    finds it resumes from it: the data order depends on (seed, epoch) only and the RNG state
+    is restored, so a resumed run reaches the same weights as an uninterrupted one.
+    """
     tasks = model.tasks
     model.to(device)
     loader = BatchLoader(
@@ -104,48 +119,118 @@ def train_and_evaluate(
     lr_at = lr_schedule(budget, len(loader))
     total_steps = budget.epochs * len(loader)
 
-    step, images, last_loss = 0, 0, float("nan")
-    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False)
-    with Stopwatch(device) as watch, PeakMemory(device) as memory:
+    state = TrainState()
+    if checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, model, optimizer, device)
+    bar = tqdm(
+        total=total_steps, initial=state.step, desc=desc, unit="step", disable=not progress,
+        leave=False,
+    )
+    with PeakMemory(device) as memory:
         model.train()
-        for epoch in range(budget.epochs):
-            loader.set_epoch(epoch)
-            epoch_loss = torch.zeros((), device=device)
-            for batch in loader:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step)
-                with autocast(device, budget.amp):
-                    outputs = model(batch["image"])
-                loss, _ = criterion(outputs, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, budget.clip_grad)
-                optimizer.step()
-                epoch_loss += loss.detach()
-                step += 1
-                images += batch["image"].shape[0]
-                bar.update()
-            last_loss = (epoch_loss / len(loader)).item()  # one host sync per epoch
-            bar.set_postfix(epoch=epoch + 1, loss=f"{last_loss:.3f}")
-            if not math.isfinite(last_loss):
+        for epoch in range(state.epoch, budget.epochs):
+            with Stopwatch(device) as watch:
+                loader.set_epoch(epoch)
+                epoch_loss = torch.zeros((), device=device)
+                for batch in loader:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(state.step)
+                    try:
+                        with autocast(device, budget.amp):
+                            outputs = model(batch["image"])
+                        loss, _ = criterion(outputs, batch)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                    except torch.cuda.OutOfMemoryError:
+                        raise OutOfMemory(
+                            f"out of memory on {device} at budget.batch_size="
+                            f"{budget.batch_size}; lower it (the learning rate scales with it)"
+                        ) from None
+                    torch.nn.utils.clip_grad_norm_(params, budget.clip_grad)
+                    optimizer.step()
+                    epoch_loss += loss.detach()
+                    state.step += 1
+                    state.images += batch["image"].shape[0]
+                    bar.update()
+                state.last_loss = (epoch_loss / len(loader)).item()  # one host sync per epoch
+            state.epoch = epoch + 1
+            state.seconds += watch.seconds
+            bar.set_postfix(epoch=epoch + 1, loss=f"{state.last_loss:.3f}")
+            if not math.isfinite(state.last_loss):
                 bar.close()
-                raise TrainingDiverged(f"the training loss became {last_loss} in epoch {epoch + 1}")
+                raise TrainingDiverged(
+                    f"the training loss became {state.last_loss} in epoch {epoch + 1} "
+                    f"(budget.lr={budget.lr})"
+                )
+            last = state.epoch == budget.epochs
+            if checkpoint is not None and checkpoint_every > 0 and (
+                state.epoch % checkpoint_every == 0 or last
+            ):
+                state.peak_memory_mb = _max(state.peak_memory_mb, memory.current_mb())
+                save_checkpoint(checkpoint, model, optimizer, state)
     bar.close()
 
     metrics = evaluate(model, data, budget, device)
-    decoders = count_parameters(model.decoders)
     return GroupResult(
         tasks=tasks,
         metrics=metrics,
         trainable=count_parameters(model, trainable_only=True),
         total=count_parameters(model),
-        decoders=decoders,
-        train_seconds=watch.seconds,
-        train_images=images,
-        peak_memory_mb=memory.mb,
+        decoders=count_parameters(model.decoders),
+        train_seconds=state.seconds,
+        train_images=state.images,
+        peak_memory_mb=_max(state.peak_memory_mb, memory.mb),
         memory_kind=memory.kind,
-        final_loss=last_loss,
+        final_loss=state.last_loss,
     )
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None]
+    return max(values) if values else None
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint carries besides the model and the optimiser."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    peak_memory_mb: float | None = None
+    last_loss: float = float("nan")
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, state: TrainState) -> None:
+    blob = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": asdict(state),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, device: torch.device) -> TrainState:
+    try:
+        blob = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(blob["model"])
+        optimizer.load_state_dict(blob["optimizer"])
+    except Exception as err:  # a checkpoint of another configuration or a damaged file
+        raise UserError(
+            f"cannot resume from {path}: {type(err).__name__}; delete it or run with force=true"
+        ) from None
+    torch.set_rng_state(blob["rng"].cpu())
+    if blob["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in blob["cuda_rng"]])
+    return TrainState(**blob["state"])
 
 
 @torch.no_grad()
