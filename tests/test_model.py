@@ -186,3 +186,20 @@ def test_model_refuses_decoders_without_features():
     backbone = tiny_backbone()
     with pytest.raises(ValueError, match="normals"):
         MultiTaskModel(Encoder(backbone, ["semseg"]), build_decoders(backbone, {"normals": 3}))
+
+
+def test_the_shipped_checkpoint_matches_its_card_and_loads_completely():
+    import hashlib
+
+    from benchmark.backbone import WEIGHTS_DIR, load_checkpoint, read_weights_card
+
+    cfg = arch("swin_micro")
+    path = WEIGHTS_DIR / cfg.default_weights
+    card = read_weights_card(cfg.default_weights)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == card["sha256"]
+    assert card["command"].startswith("python -m benchmark.pretrain")
+    swin = build_swin(cfg, 64, drop_path=0.0)
+    before = {k: v.clone() for k, v in swin.state_dict().items()}
+    load_checkpoint(swin, path)  # raises if any backbone tensor is missing
+    changed = [k for k, v in swin.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) > 0.9 * len(before)
