@@ -1,4 +1,5 @@
-# make bench: set up .venv, run the default benchmark, write the report.
+# make bench: set up .venv, run the default benchmark from scratch (force=true: the records
+#             committed under results/ are replaced by this machine's), write the report.
 # make test:  set up .venv, lint, run the test suite.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -14,7 +15,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 bench: setup
-	$(BIN)/python -m benchmark.run
+	$(BIN)/python -m benchmark.run force=true
 	$(BIN)/python -m benchmark.report
 
 report: setup
