@@ -48,14 +48,16 @@ def test_invalid_values_exit_2_without_traceback(tmp_path, override, needle):
 @pytest.mark.slow
 def test_smoke_sweep_writes_valid_records_with_delta_m(tmp_path):
     results = tmp_path / "results"
+    # no method named: the default sweep, every method of the suite
     proc = run_cli(
-        "benchmark.run", "method=full_ft,decoders_only", *SMOKE, f"results_dir={results}",
-        "progress=false", cwd=tmp_path,
+        "benchmark.run", *SMOKE, f"results_dir={results}", "progress=false", cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     records = {r["method"]: r for _, r in iter_records(results)}
-    # the single-task reference was trained once, first, for Δm
-    assert set(records) == {"single_task", "full_ft", "decoders_only"}
+    from benchmark.run import sweep_methods
+
+    assert set(records) == set(sweep_methods("default"))
+    assert len(list(iter_records(results))) == len(records)  # the reference trained once
     tasks = ["semseg", "human_parts", "sal", "normals"]
     for name, r in records.items():
         assert r["schema"] == 1 and r["status"] == "ok" and r["error"] is None
