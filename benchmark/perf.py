@@ -1,0 +1,327 @@
+"""`python -m benchmark.perf [overrides] [format=json] [steps=N] [warmup=N]`: speed per method.
+
+For every method (or the `method=` given), on synthetic inputs of the configuration's shape
+(image size of the dataset, `budget.batch_size`, the dataset's tasks): training images/s
+(forward, backward and the AdamW step, bf16 autocast on CUDA), inference images/s, peak
+memory, FLOPs per image (PyTorch's FLOP counter over one training step and one forward),
+and the model FLOP utilisation (MFU) against the matrix-multiply rate that the same command
+measures on the same device (bf16 on CUDA; float32 on a CPU, the dtype the CPU trains in).
+The bare timm Swin of the same shape (forward, backward of its stage features, AdamW step)
+is measured alongside, and `harness_vs_bare` = full fine-tuning throughput of the harness /
+bare throughput: the cost of the decoders and of the harness itself.
+
+    python -m benchmark.perf                                   # CPU: the default small shape
+    python -m benchmark.perf backbone=swin_tiny dataset=pascal_context budget=paper  # paper shape
+
+Rows are printed as a table (or JSON lines with `format=json`) and appended to
+`results_dir/perf/perf.jsonl`; `reports/perf.md` is rewritten from that file. Performance figures
+come from this command, never from timed tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tabulate import tabulate
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmark.cost import PeakMemory, device_name
+from benchmark.errors import UserError
+from benchmark.losses import MultiTaskLoss
+from benchmark.run import choices, compose_all, expand
+from benchmark.tasks import IGNORE_INDEX
+from benchmark.train import autocast, param_groups, resolve_device
+
+REPORT_FILE = Path("reports") / "perf.md"
+
+
+def fake_batch(info, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random inputs and labels in the formats of `benchmark.tasks` (speed does not depend
+    on their values)."""
+    g = torch.Generator().manual_seed(0)
+    size = info.image_size
+    batch = {"image": torch.randn(batch_size, 3, size, size, generator=g)}
+    for task, n in info.num_outputs.items():
+        if task in ("semseg", "human_parts"):
+            label = torch.randint(0, n, (batch_size, size, size), generator=g)
+            label[:, :2] = IGNORE_INDEX
+        elif task in ("sal", "edge"):
+            label = torch.randint(0, 2, (batch_size, size, size), generator=g)
+        elif task == "normals":
+            label = torch.nn.functional.normalize(torch.randn(batch_size, 3, size, size), dim=1)
+        else:  # depth
+            label = torch.rand(batch_size, 1, size, size, generator=g) + 0.5
+        batch[task] = label
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, steps: int, warmup: int) -> float:
+    """Seconds per call of `fn`, after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def matmul_rate(device: torch.device) -> tuple[float, str]:
+    """Measured FLOP/s of a large square matrix multiply, and its dtype."""
+    if device.type == "cuda":
+        n, dtype = 8192, torch.bfloat16
+    else:
+        n, dtype = 1024, torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = _timed(lambda: a @ b, device, steps=20 if device.type == "cuda" else 5, warmup=3)
+    return 2 * n**3 / seconds, str(dtype).replace("torch.", "")
+
+
+def _step_fn(model, params, batch, criterion, optimizer, device, amp: bool):
+    def step():
+        with autocast(device, amp):
+            outputs = model(batch["image"])
+        loss, _ = criterion(outputs, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _forward_fn(model, images, device, amp: bool):
+    def forward():
+        with torch.no_grad(), autocast(device, amp):
+            model(images)
+
+    return forward
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measure(cfg: DictConfig, steps: int, warmup: int, rate: float) -> dict:
+    from benchmark.data import dataset_info
+    from benchmark.model import build_model
+    from methods.base import instantiate_method
+
+    device = resolve_device(cfg.device)
+    method = instantiate_method(cfg.method)
+    info = dataset_info(cfg.dataset)
+    batch_size = cfg.budget.batch_size
+    batch = fake_batch(info, batch_size, device)
+    amp = bool(cfg.budget.amp)
+    torch.manual_seed(cfg.seed)
+    # single_task trains one model per task: its cost is the sum over those models
+    groups = method.task_groups(info.tasks)
+    train_s = infer_s = 0.0
+    train_flops = forward_flops = 0
+    peak = None
+    trainable = 0
+    kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss_increase"
+    for tasks in groups:
+        model = build_model(method, cfg, info, tasks, load_weights=False).to(device)
+        if cfg.get("compile"):
+            model = torch.compile(model)
+        sub = {k: v for k, v in batch.items() if k == "image" or k in tasks}
+        params = [p for p in model.parameters() if p.requires_grad]
+        trainable += sum(p.numel() for p in params)
+        optimizer = torch.optim.AdamW(
+            param_groups(model, cfg.budget.weight_decay), lr=1e-4,
+            fused=device.type == "cuda",
+        )
+        criterion = MultiTaskLoss(tasks)
+        step = _step_fn(model, params, sub, criterion, optimizer, device, amp)
+        model.train()
+        train_flops += _flops(step)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        with PeakMemory(device) as memory:
+            train_s += _timed(step, device, steps, warmup)
+        peak = max(peak or 0.0, memory.mb or 0.0)
+        model.eval()
+        forward = _forward_fn(model, sub["image"], device, amp)
+        forward_flops += _flops(forward)
+        infer_s += _timed(forward, device, steps, warmup)
+        del model, optimizer, forward, step
+    train_ips = batch_size / train_s
+    return {
+        "method": method.name,
+        "label": method.label,
+        "device": device_name(device),
+        "backbone": cfg.backbone.name,
+        "dataset": info.name,
+        "tasks": info.tasks,
+        "image_size": info.image_size,
+        "batch_size": batch_size,
+        "amp": amp and device.type == "cuda",
+        "compile": bool(cfg.get("compile")),
+        "trainable": trainable,
+        "train_images_per_second": train_ips,
+        "inference_images_per_second": batch_size / infer_s,
+        "peak_memory_mb": peak,
+        "memory_kind": kind,
+        "train_flops_per_image": train_flops / batch_size,
+        "forward_flops_per_image": forward_flops / batch_size,
+        "mfu": train_flops / batch_size * train_ips / rate,
+    }
+
+
+def measure_bare(cfg: DictConfig, steps: int, warmup: int) -> float:
+    """Training images/s of the bare timm Swin at the same shape (forward, backward of the
+    sum of its stage features, AdamW step)."""
+    from benchmark.backbone import build_swin
+    from benchmark.data import dataset_info
+
+    device = resolve_device(cfg.device)
+    info = dataset_info(cfg.dataset)
+    swin = build_swin(cfg.backbone, info.image_size, cfg.budget.drop_path).to(device).train()
+    optimizer = torch.optim.AdamW(swin.parameters(), lr=1e-4, fused=device.type == "cuda")
+    images = fake_batch(info, cfg.budget.batch_size, device)["image"]
+    amp = bool(cfg.budget.amp)
+
+    def step():
+        with autocast(device, amp):
+            x = swin.patch_embed(images)
+            loss = 0.0
+            for layer in swin.layers:
+                x = layer(x)
+                loss = loss + x.float().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return cfg.budget.batch_size / _timed(step, device, steps, warmup)
+
+
+def write_report(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Speed",
+        "",
+        "Generated by `python -m benchmark.perf` from `results/perf/perf.jsonl` (synthetic",
+        "inputs; training = forward, backward and AdamW step). MFU is measured against the",
+        "matrix-multiply rate that the same command measured on the same device.",
+        "",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:  # one section per invocation, the latest first
+        key = (row.get("run", row["date"]), row["device"], row["backbone"], row["image_size"],
+               row["batch_size"], row["date"])
+        groups.setdefault(key, []).append(row)
+    for (_, device, backbone, size, batch, date), group in sorted(
+        groups.items(), key=lambda item: item[0][0], reverse=True
+    ):
+        first = group[0]
+        lines += [
+            f"## {device} · {backbone} · {size}x{size} · batch {batch} · {date}",
+            "",
+            f"Matrix-multiply rate: {first['matmul_tflops']:.2f} TFLOP/s "
+            f"({first['matmul_dtype']}); "
+            f"bare timm Swin: {first['bare_images_per_second']:.1f} images/s; "
+            f"torch {first['torch']}; command: `{first['command']}`.",
+            "",
+        ]
+        table = [
+            [
+                r["label"], f"{r['train_images_per_second']:.1f}",
+                f"{r['inference_images_per_second']:.1f}",
+                "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
+                f"{r['train_flops_per_image'] / 1e9:.2f}", f"{r['mfu']:.3f}",
+                "–" if r.get("harness_vs_bare") is None else f"{r['harness_vs_bare']:.2f}",
+            ]
+            for r in sorted(group, key=lambda r: -r["train_images_per_second"])
+        ]
+        headers = ["method", "train img/s", "infer img/s", "peak MB", "train GFLOP/img", "MFU",
+                   "harness/bare"]
+        lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = {"format": "table", "steps": None, "warmup": None}
+    rest = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in options:
+            options[key] = value
+        else:
+            rest.append(arg)
+    try:
+        if options["format"] not in ("table", "json"):
+            raise UserError(f"unknown format {options['format']!r}; choose from table, json")
+        if not any(a.startswith("method=") for a in rest):
+            rest.append("method=" + ",".join(m for m in choices("method") if m != "custom"))
+        configs = compose_all(expand(rest))
+        device = resolve_device(configs[0].device)
+        steps = int(options["steps"] or (20 if device.type == "cuda" else 3))
+        warmup = int(options["warmup"] or (5 if device.type == "cuda" else 1))
+        if steps < 1 or warmup < 0:
+            raise UserError("steps must be >= 1 and warmup >= 0")
+    except (UserError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rate, dtype = matmul_rate(device)
+    bare = measure_bare(configs[0], steps, warmup)
+    rows = []
+    stamp = {
+        "date": datetime.date.today().isoformat(),
+        "run": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "command": "python -m benchmark.perf " + " ".join(argv),
+        "matmul_tflops": rate / 1e12,
+        "matmul_dtype": dtype,
+        "bare_images_per_second": bare,
+    }
+    for cfg in configs:
+        row = {**measure(cfg, steps, warmup, rate), **stamp}
+        rows.append(row)
+        if options["format"] == "json":
+            print(json.dumps(row))
+    full = [r for r in rows if r["method"] == "full_ft"]
+    for row in rows:
+        row["harness_vs_bare"] = full[0]["train_images_per_second"] / bare if full else None
+    perf_file = Path(configs[0].results_dir) / "perf" / "perf.jsonl"
+    perf_file.parent.mkdir(parents=True, exist_ok=True)
+    with perf_file.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    history = [json.loads(line) for line in perf_file.read_text().splitlines() if line.strip()]
+    write_report(history, REPORT_FILE)
+    if options["format"] == "table":
+        table = [
+            [r["label"], f"{r['train_images_per_second']:.1f}",
+             f"{r['inference_images_per_second']:.1f}",
+             "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
+             f"{r['train_flops_per_image'] / 1e9:.3f}", f"{r['mfu']:.3f}"]
+            for r in rows
+        ]
+        print(f"{rows[0]['device']}: matmul {rate / 1e12:.2f} TFLOP/s ({dtype}); "
+              f"bare Swin {bare:.1f} images/s; harness_vs_bare "
+              + ("–" if not full else f"{rows[0]['harness_vs_bare']:.2f}"))
+        print(tabulate(table, headers=["method", "train img/s", "infer img/s", "peak MB",
+                                       "train GFLOP/img", "MFU"]))
+    print(f"appended {len(rows)} rows to {perf_file}; wrote {REPORT_FILE}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
