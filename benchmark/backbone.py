@@ -15,6 +15,7 @@ continues to the next stage (MTLoRA).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,14 +107,48 @@ def build_backbone(
     """Build the backbone of a `backbone` config and load its pre-trained weights.
 
     `cfg.weights` is a path to a timm or official Microsoft checkpoint, `default` for the
-    checkpoint shipped with the suite (only `swin_micro` has one), or `none` for a random
-    initialisation. `load_weights=False` skips loading (parameter counting on the meta device).
+    checkpoint shipped with the suite (only `swin_micro` has one), `none` for a random
+    initialisation on purpose, or unset (null): random too, with a warning (real-data runs
+    refuse it before they start, see `require_weights`). `load_weights=False` skips loading
+    (parameter counting on the meta device).
     """
     swin = build_swin(cfg, image_size, drop_path)
     path = resolve_weights(cfg)
     if load_weights and path is not None:
-        load_checkpoint(swin, path)
+        load_checkpoint(swin, path, cfg.name)
+    elif load_weights and cfg.get("weights") is None:
+        _warn_once(
+            f"warning: backbone {cfg.name} starts from random weights (backbone.weights is "
+            "unset; give a checkpoint path, or none to silence this)"
+        )
     return SwinBackbone(swin)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        print(message, file=sys.stderr)
+
+
+def require_weights(cfg: DictConfig, dataset: str) -> None:
+    """Real-data runs start from ImageNet weights (SPEC 2.1): stop when none were given,
+    naming the checkpoint to obtain, unless `backbone.weights=none` asks for random init."""
+    if cfg.get("weights") is not None or dataset == "synthetic":
+        return
+    timm_name, official = cfg.get("timm_checkpoint"), cfg.get("official_checkpoint")
+    where = (
+        f"a local copy of the timm checkpoint {timm_name} (its model.safetensors) or of the "
+        f"official Microsoft {official}"
+        if timm_name
+        else "a checkpoint of this architecture"
+    )
+    raise UserError(
+        f"dataset={dataset} trains from pre-trained weights: give backbone.weights=PATH, "
+        f"{where}; backbone.weights=none trains from random initialisation on purpose"
+    )
 
 
 def resolve_weights(cfg: DictConfig) -> Path | None:
@@ -134,36 +169,93 @@ def resolve_weights(cfg: DictConfig) -> Path | None:
             )
         return path
     path = Path(str(weights)).expanduser()
-    if not path.exists():
+    if not path.is_file():
         raise UserError(
             f"backbone.weights: no file at {path}; give a checkpoint path, default or none"
         )
     return path
 
 
-def load_checkpoint(swin: SwinTransformer, path: Path) -> None:
+# Tensors of timm's model that the harness does not use: their absence is fine.
+_UNUSED = ("head.", "norm.")
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The tensors of a checkpoint file: safetensors, or a torch file holding a state dict,
+    possibly wrapped as `{'model': ...}` (official Swin) or `{'state_dict': ...}`."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a checkpoint, damaged, or pickled objects beyond tensors
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot read the checkpoint {path} ({reason[:160]}); expected a state dict in "
+            ".safetensors, .pth or .bin (torch.save of tensors only)"
+        ) from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"the checkpoint {path} does not hold a state dict of tensors")
+    return state
+
+
+def load_checkpoint(swin: SwinTransformer, path: Path, name: str = "swin") -> None:
     """Load a timm-format or official `{'model': ...}` Swin checkpoint into `swin`.
 
     timm's own filter maps the official layout (merging at the end of a stage) to timm's and
     resizes relative-position tables when the window differs. The classifier head and the
-    final norm are not part of the harness, so their absence is fine; anything else missing
-    means the checkpoint belongs to another architecture.
+    final norm are not part of the harness, so their absence is fine. A checkpoint of another
+    architecture (a tensor of another shape, one too many or one missing) stops with one
+    line naming the first such tensor.
     """
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    state = read_state_dict(path)
+    modules = dict(swin.named_modules())
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint_filter_fn(state, swin)
+    def misfit(detail: str) -> UserError:
+        return UserError(f"the checkpoint {path} does not fit backbone {name}: {detail}")
+
+    for key, value in state.items():
+        # timm resizes relative-position tables across window sizes, not across head counts
+        if key.endswith("relative_position_bias_table"):
+            module = modules.get(key[: -len(".relative_position_bias_table")])
+            if module is None:
+                raise misfit(f"unexpected tensor {key} (a checkpoint of a deeper model?)")
+            heads = module.relative_position_bias_table.shape[-1]
+            if value.dim() != 2 or value.shape[-1] != heads:
+                raise misfit(
+                    f"tensor {key} has shape {tuple(value.shape)}, the model has {heads} heads"
+                )
+    try:
+        state = checkpoint_filter_fn(state, swin)
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise misfit(f"{type(err).__name__}: {reason}") from None
+    own = swin.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    result = swin.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(("head.", "norm."))]
-    if missing:
-        raise ValueError(
-            f"checkpoint {path} does not fit backbone: {len(missing)} missing tensors, "
-            f"e.g. {missing[0]}"
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise misfit(
+            f"unexpected tensor {unexpected[0]}"
+            + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
         )
+    for key, value in state.items():
+        if value.shape != own[key].shape:
+            raise misfit(
+                f"tensor {key} has shape {tuple(value.shape)} in the checkpoint and "
+                f"{tuple(own[key].shape)} in the model"
+            )
+    missing = [k for k in own if k not in state and not k.startswith(_UNUSED)]
+    if missing:
+        raise misfit(
+            f"tensor {missing[0]} is missing"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+    swin.load_state_dict(state, strict=False)
 
 
 def read_weights_card(name: str) -> dict:

@@ -78,7 +78,9 @@ def expand(overrides: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes.values())]
 
 
-def compose_all(combos: list[list[str]]) -> list[DictConfig]:
+def compose_all(combos: list[list[str]], training: bool = False) -> list[DictConfig]:
+    """Compose and `validate` every configuration; `training` adds the checks that only a
+    run needs (the dataset's files, the backbone's weights), which counting does not."""
     GlobalHydra.instance().clear()
     with initialize_config_module("benchmark.conf", version_base="1.3"):
         configs = []
@@ -88,12 +90,12 @@ def compose_all(combos: list[list[str]]) -> list[DictConfig]:
             except (HydraException, OmegaConfBaseException) as err:
                 raise UserError(_explain(err, combo)) from None
     for cfg in configs:
-        validate(cfg)
+        validate(cfg, training)
     return configs
 
 
-def validate(cfg: DictConfig) -> None:
-    from benchmark.data import dataset_info
+def validate(cfg: DictConfig, training: bool = False) -> None:
+    from benchmark.data import check_dataset, dataset_info
 
     if OmegaConf.is_missing(cfg.method, "_target_"):
         raise UserError(
@@ -112,6 +114,12 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed must be a whole number, got {cfg.seed!r}")
     dataset_info(cfg.dataset)
+    if training:
+        from benchmark.backbone import require_weights, resolve_weights
+
+        check_dataset(cfg.dataset)  # the root and its split lists exist
+        require_weights(cfg.backbone, cfg.dataset.name)
+        resolve_weights(cfg.backbone)  # the checkpoint file exists
 
 
 def _explain(err: BaseException, combo: list[str]) -> str:
@@ -177,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {group}: {', '.join(choices(group))}")
         return 0
     try:
-        configs = compose_all(expand(argv))
+        configs = compose_all(expand(argv), training=True)
         return run_sweep(configs)
     except UserError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -237,6 +237,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, device: torch.devic
 def evaluate(
     model: MultiTaskModel, data: MultiTaskData, budget: DictConfig, device: torch.device
 ) -> dict[str, dict[str, float]]:
+    """Metrics over the validation split, at the resolution the dataset is scored at
+    (`dataset.eval_resolution`: the input size, or each image's own size)."""
     tasks = model.tasks
     loader = BatchLoader(
         data.val, tasks, 2 * budget.batch_size, device, max_images=budget.val_images
@@ -246,7 +248,8 @@ def evaluate(
     for batch in loader:
         with autocast(device, budget.amp):
             outputs = model(batch["image"])
-        meters.update(outputs, batch)
+        for predictions, labels in loader.score_pairs(outputs, batch):
+            meters.update(predictions, labels)
     return meters.compute()
 
 

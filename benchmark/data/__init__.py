@@ -1,8 +1,18 @@
 """Datasets: what each provides (`dataset_info`), loading it, and batching it.
 
-Every dataset arrives as in-memory arrays (uint8 images and labels, float normals and
-depth) per split; `BatchLoader` gathers shuffled batches from them, applies the train-time
-augmentation on the whole batch and converts it to the label formats of `benchmark.tasks`.
+Every dataset arrives as arrays per split (uint8 images and labels, float normals and
+depth); `BatchLoader` gathers shuffled batches from them, applies the train-time
+augmentation on the whole batch, on the device, and converts it to the label formats of
+`benchmark.tasks`. The trainer never needs to know which dataset it has:
+
+- `synthetic` (SPEC 1.3): rendered at the model's input size; the only augmentation is a
+  horizontal flip (negating the x component of normals).
+- `pascal_context` (SPEC 1.1) and `nyud` (SPEC 1.2): decoded once from `dataset.root` into
+  a memory-mapped cache (`benchmark.data.prepared`), images of varying size on one canvas
+  per split. Batches are resized to `dataset.image_size` square, and training batches are
+  flipped, rotated and scaled on the way (`benchmark.data.transforms`). With
+  `dataset.eval_resolution=original` the predictions are resized back to each image's own
+  size and scored there; otherwise the labels are resized (nearest) to the input size.
 """
 
 from __future__ import annotations
@@ -13,14 +23,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from benchmark.data.transforms import (
+    NORMALS_Y,
+    Augmentation,
+    Geometry,
+    nearest_indices,
+    normals_rotation,
+    rotate_normals,
+    sampling_grid,
+)
 from benchmark.errors import UserError
-from benchmark.tasks import FIXED_OUTPUTS, TASKS
+from benchmark.tasks import FIXED_OUTPUTS, IGNORE_INDEX, TASKS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+REAL_DATASETS = ("pascal_context", "nyud")
+CLASS_MAP_TASKS = ("semseg", "human_parts", "sal", "edge")  # int64 labels, 255 = no label
 
 
 @dataclass(frozen=True)
@@ -50,15 +72,75 @@ def dataset_info(cfg: DictConfig) -> DatasetInfo:
     else:
         num_classes = cfg.num_classes
         eval_resolution = str(cfg.eval_resolution)
+        if eval_resolution not in ("original", str(cfg.image_size)):
+            raise UserError(
+                f"dataset.eval_resolution must be original or the input size "
+                f"{cfg.image_size}, got {eval_resolution!r}"
+            )
+        if cfg.name in REAL_DATASETS:
+            supported = layout_class(cfg.name).supported_tasks
+            for task in tasks:
+                if task not in supported:
+                    raise UserError(
+                        f"dataset {cfg.name} has no {task!r} labels; its tasks are "
+                        f"{', '.join(supported)}"
+                    )
+            if cfg.get("normals_y", "down") not in NORMALS_Y:
+                raise UserError(
+                    f"dataset.normals_y must be one of {', '.join(NORMALS_Y)}, "
+                    f"got {cfg.normals_y!r}"
+                )
+            size = cfg.image_size
+            if not isinstance(size, int) or size < 32 or size % 32:
+                raise UserError(f"dataset.image_size must be a multiple of 32, got {size}")
     outputs = {t: num_classes if t == "semseg" else FIXED_OUTPUTS[t] for t in tasks}
     return DatasetInfo(cfg.name, tasks, outputs, int(cfg.image_size), eval_resolution)
 
 
+def layout_class(name: str):
+    if name == "pascal_context":
+        from benchmark.data.pascal_context import PascalContextLayout
+
+        return PascalContextLayout
+    if name == "nyud":
+        from benchmark.data.nyud import NyudLayout
+
+        return NyudLayout
+    raise UserError(
+        f"dataset {name!r} has no files to load; choose from {', '.join(REAL_DATASETS)}"
+    )
+
+
+def make_layout(cfg: DictConfig):
+    """The `Layout` of a real dataset config; names what to pass when the root is unset."""
+    cls = layout_class(cfg.name)
+    if not cfg.get("root"):
+        raise UserError(
+            f"dataset={cfg.name} needs dataset.root=DIR, the folder of {cls.release} "
+            f"(holding {cls.expected})"
+        )
+    return cls(str(cfg.root), list(cfg.tasks))
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """Cheap checks before any run starts: a real dataset's root and split lists exist."""
+    if cfg.name in REAL_DATASETS:
+        make_layout(cfg).check()
+
+
 @dataclass
 class Split:
-    """One split as arrays: `image` (N, H, W, 3) uint8 and one array per label."""
+    """One split as arrays: `image` (N, H, W, 3) uint8 and one array per label.
+
+    Real datasets hold every image in the top-left corner of a common canvas: `sizes`
+    (N, 2) gives each one's true (height, width), `ids` its name, and `geometry` how a batch
+    becomes the model's input. Without `geometry` the arrays are already at input size.
+    """
 
     arrays: dict[str, Tensor]
+    sizes: Tensor | None = None
+    ids: list[str] | None = None
+    geometry: Geometry | None = None
 
     def __len__(self) -> int:
         return self.arrays["image"].shape[0]
@@ -71,13 +153,18 @@ class MultiTaskData:
     val: Split
 
 
+def _cache_root(cfg: DictConfig) -> Path:
+    from benchmark.data.synthetic import cache_dir
+
+    return Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else cache_dir()
+
+
 def load_dataset(cfg: DictConfig, progress: bool = True) -> MultiTaskData:
     info = dataset_info(cfg)
+    if cfg.name in REAL_DATASETS:
+        return _load_real(cfg, info, progress)
     if cfg.name != "synthetic":
-        raise UserError(
-            f"dataset {cfg.name}: training on the real data is not available in this version; "
-            "use dataset=synthetic (python -m benchmark.params works with every dataset)"
-        )
+        raise UserError(f"dataset {cfg.name}: no loader; use synthetic, pascal_context or nyud")
     from benchmark.data import synthetic
 
     root = Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else None
@@ -91,12 +178,71 @@ def load_dataset(cfg: DictConfig, progress: bool = True) -> MultiTaskData:
     return MultiTaskData(info, splits["train"], splits["val"])
 
 
+def load_real_split(cfg: DictConfig, split: str, progress: bool = True) -> Split:
+    """One split of `pascal_context` or `nyud`, from the prepared cache (built on first use)."""
+    from benchmark.data import prepared
+
+    info = dataset_info(cfg)
+    layout = make_layout(cfg)
+    layout.check()
+    geometry = Geometry(
+        size=info.image_size,
+        normals_y=str(cfg.get("normals_y", "down")),
+        original_resolution=info.eval_resolution == "original",
+    )
+    data = prepared.load_split(layout, split, _cache_root(cfg), progress=progress)
+    arrays = {k: torch.from_numpy(v) for k, v in data.arrays.items()}
+    return Split(arrays, torch.from_numpy(np.asarray(data.sizes)), data.ids, geometry)
+
+
+def _load_real(cfg: DictConfig, info: DatasetInfo, progress: bool) -> MultiTaskData:
+    train = load_real_split(cfg, "train", progress)
+    val = load_real_split(cfg, "val", progress)
+    return MultiTaskData(info, train, val)
+
+
+def decode_normals(raw: Tensor) -> Tensor:
+    """Stored normals (..., 3) as float vectors: uint8 codes v -> v*2/255-1, with the code
+    (0, 0, 0) meaning no label (the zero vector); float arrays as they are."""
+    if raw.dtype == torch.uint8:
+        valid = (raw != 0).any(dim=-1, keepdim=True)
+        return torch.where(valid, raw.float() * (2.0 / 255.0) - 1.0, 0.0)
+    return raw.float()
+
+
+def _label(task: str, raw: Tensor, valid: Tensor | None) -> Tensor:
+    """Stored values (N, H, W[, C]) in the label format of `benchmark.tasks`; outside
+    `valid` (N, 1, H, W), no label."""
+    if task in CLASS_MAP_TASKS:
+        label = raw.long()
+        return label if valid is None else torch.where(valid[:, 0], label, IGNORE_INDEX)
+    if task == "normals":
+        label = decode_normals(raw).permute(0, 3, 1, 2)
+    else:
+        label = raw.float().unsqueeze(1)
+    return label if valid is None else torch.where(valid, label, 0.0)
+
+
+def labels_at_original_size(
+    split: Split, index: int, tasks: Sequence[str], device: torch.device
+) -> dict[str, Tensor]:
+    """The labels of image `index` of a canvas split at its own size, as a batch of one."""
+    h, w = (int(v) for v in split.sizes[index])
+    return {
+        task: _label(task, split.arrays[task][index : index + 1, :h, :w].to(device), None)
+        for task in tasks
+    }
+
+
 class BatchLoader:
     """Batches of a `Split` on `device`, in the label formats of `benchmark.tasks`.
 
     The order is a permutation drawn from (seed, epoch), so a run is reproducible and a
     resumed run sees the same batches. `augment` flips each image horizontally with
-    probability 1/2, negating the x component of its normals.
+    probability 1/2, negating the x component of its normals; on a split with a `geometry`
+    (real data) it also rotates and scales, and every batch is resized to the input size
+    (`benchmark.data.transforms`). Batches of such splits carry `index`, the images'
+    positions in the split, for `score_pairs`.
     """
 
     def __init__(
@@ -145,10 +291,15 @@ class BatchLoader:
             order = torch.randperm(self.size, generator=gen)
         else:
             order = torch.arange(self.size)
+        geometry = self.split.geometry
         for b in range(self.num_batches):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            flip = torch.rand(len(idx), generator=gen) < 0.5 if self.augment else None
-            yield self._batch(idx, flip)
+            if geometry is None:
+                flip = torch.rand(len(idx), generator=gen) < 0.5 if self.augment else None
+                yield self._batch(idx, flip)
+            else:
+                aug = Augmentation.draw(geometry, len(idx), gen) if self.augment else None
+                yield self._warped_batch(idx, aug)
 
     def _batch(self, idx: Tensor, flip: Tensor | None) -> dict[str, Tensor]:
         arrays = self.split.arrays
@@ -172,3 +323,59 @@ class BatchLoader:
                 mask = flip.view(-1, *([1] * (value.dim() - 1)))
                 batch[key] = torch.where(mask, flipped, value)
         return batch
+
+    def _warped_batch(self, idx: Tensor, aug: Augmentation | None) -> dict[str, Tensor]:
+        """Gather from the canvas (cropped to the batch's largest image); sample the image
+        bilinearly and pick every label at the nearest source pixel, so the labels are
+        converted to their formats at the output size only."""
+        split, geometry, device = self.split, self.split.geometry, self.device
+        n = len(idx)
+        sizes = split.sizes[idx]
+        h, w = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+        if aug is None:
+            aug = Augmentation.identity(n)
+        grid, valid = sampling_grid(sizes, (h, w), geometry.size, aug, device)
+        raw = split.arrays["image"][idx, :h, :w].to(device, non_blocking=True)
+        image = F.grid_sample(
+            raw.permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="border",
+            align_corners=False,
+        )
+        batch = {"image": torch.where(valid, (image - self._mean) / self._std, 0.0)}
+        source = nearest_indices(grid, (h, w)).view(n, -1, 1)
+        out = (n, geometry.size, geometry.size)
+        for task in self.tasks:
+            stored = split.arrays[task][idx, :h, :w].to(device, non_blocking=True)
+            channels = stored.shape[3] if stored.dim() == 4 else 1
+            picked = stored.reshape(n, h * w, channels).gather(1, source.expand(-1, -1, channels))
+            picked = picked.view(*out, channels) if stored.dim() == 4 else picked.view(out)
+            label = _label(task, picked, valid)
+            if task == "normals":
+                label = rotate_normals(label, normals_rotation(aug, geometry.normals_y))
+            batch[task] = label
+        batch["index"] = idx
+        return batch
+
+    def score_pairs(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        """(predictions, labels) at the resolution the split is scored at.
+
+        At the input size that is the batch itself. With `eval_resolution=original` every
+        prediction is resized (bilinear; class maps as logits, before the argmax) to its
+        image's own size and paired with the labels there, one image at a time.
+        """
+        geometry = self.split.geometry
+        if geometry is None or not geometry.original_resolution:
+            yield outputs, batch
+            return
+        for j, index in enumerate(batch["index"].tolist()):
+            labels = labels_at_original_size(self.split, index, self.tasks, self.device)
+            h, w = (int(v) for v in self.split.sizes[index])
+            resized = {
+                task: F.interpolate(
+                    outputs[task][j : j + 1].float(), size=(h, w), mode="bilinear",
+                    align_corners=False,
+                )
+                for task in self.tasks
+            }
+            yield resized, labels
