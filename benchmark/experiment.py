@@ -187,6 +187,7 @@ def failed_record(cfg: DictConfig, method, message: str) -> dict:
         "backbone": cfg.backbone.name,
         "budget": cfg.budget.name,
         "seed": cfg.seed,
+        "eval_resolution": dataset_info(cfg.dataset).eval_resolution,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
     }

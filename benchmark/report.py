@@ -368,7 +368,18 @@ def build_groups(records: list[dict]) -> list[Group]:
     variants = budget_variants(records)
     for r in records:
         grouped[group_key(r, variants)].append(r)
-    return [build_group(key, grouped[key]) for key in sorted(grouped)]
+    # Scores at different resolutions (448 vs each image's own size) are not comparable:
+    # such a group splits by `eval_resolution`, named in the budget part of its title.
+    split: dict[tuple, list[dict]] = defaultdict(list)
+    for key, members in grouped.items():
+        resolutions = {r["eval_resolution"] for r in members if r.get("eval_resolution")}
+        for r in members:
+            if len(resolutions) > 1 and r.get("eval_resolution"):
+                budget = f"{key[3]} (scored at {r.get('eval_resolution')})"
+                split[(*key[:3], budget)].append(r)
+            else:
+                split[key].append(r)
+    return [build_group(key, split[key]) for key in sorted(split)]
 
 
 def reference_command(group: Group) -> str:

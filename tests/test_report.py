@@ -266,3 +266,20 @@ def test_regenerating_gives_identical_bytes_and_linked_figures(tmp_path, capsys)
             assert f"({link})" in text, link
             assert (page.parent / link).stat().st_size > 1000
     assert f"({page.stem}/summary.csv)" in text
+
+
+def test_records_scored_at_different_resolutions_form_separate_groups(tmp_path):
+    from benchmark.report import build_groups
+
+    def record(method, resolution):
+        return {
+            "status": "ok", "method": method, "label": method, "dataset": "pascal_context",
+            "tasks": ["semseg"], "backbone": "swin_tiny", "budget": "paper", "seed": 0,
+            "eval_resolution": resolution, "metrics": {"semseg": {"miou": 50.0}},
+            "params": {"trainable": 1}, "_path": f"{method}-{resolution}",
+        }
+
+    groups = build_groups([record("single_task", "448"), record("full_ft", "448"),
+                           record("single_task", "original")])
+    budgets = sorted(g.budget for g in groups)
+    assert budgets == ["paper (scored at 448)", "paper (scored at original)"]
