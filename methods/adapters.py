@@ -3,13 +3,13 @@
 - `Adapter`: Houlsby et al.'s bottleneck (ICML 2019), `x + up(act(down(x)))`, initialised
   near zero so that the adapted network starts as (almost) the pre-trained one.
 - `AdapterSite`, `insert_adapters`: where adapters go in a Swin block.
-- `TaskWeight`, `TaskAdapter`, `GeneratedWeights`, `TaskLayerEmbedding`, `HyperEncoder`:
-  task-conditioned adapters whose weights come from a hypernetwork (Polyhistor,
-  HyperFormer). They hold no parameters of their own: once per forward pass the encoder asks
-  the hypernetwork for every task's weights of every adapter, and each adapter gathers the
-  weights of its samples' tasks (`TaskContext`) and applies them with batched matmuls, so
-  the one pass per task of `PerTaskEncoder` is batched across tasks without any loop over
-  samples.
+- `TaskWeight`, `TaskAdapter`, `GeneratedWeights`, `TaskLayerEmbedding`, `HyperEncoder`,
+  `ScaledLinear`: task-conditioned adapters whose weights come from a hypernetwork
+  (Polyhistor, HyperFormer). They hold no parameters of their own: once per forward pass
+  the encoder asks the hypernetwork for every task's weights of every adapter, and each
+  adapter gathers the weights of its samples' tasks (`TaskContext`) and applies them with
+  batched matmuls, so the one pass per task of `PerTaskEncoder` is batched across tasks
+  without any loop over samples. The hypernetworks' linear layers are `ScaledLinear`.
 
 Placement. A timm Swin block computes `x + drop_path1(attn(norm1(x)))` and then
 `x + drop_path2(mlp(norm2(x)))`. An adapter is put in front of each drop-path module
@@ -217,6 +217,44 @@ class TaskAdapter(nn.Module):
         return (flat + up.apply(hidden, ids)).reshape(x.shape)
 
 
+class ScaledLinear(nn.Linear):
+    """A linear layer of a hypernetwork: `x @ (weight / in_features)^T + bias`.
+
+    A hypernetwork's input is not data but a learned embedding, the same vector z at every
+    step, so the gradient of a plain linear layer fed with it is the rank-one outer product
+    g z^T. Adam moves every entry by about lr whatever the gradient's size, with the signs of
+    g z^T, so an output moves by about lr * sum |z_j| = lr * in_features * mean |z| per step:
+    with in_features in the hundreds, the generated adapter weights would change tens to
+    hundreds of times faster than the same weights trained directly, overwrite the frozen
+    features within the warm-up and keep growing (the frozen blocks' LayerNorms make the loss
+    blind to their scale). Dividing the weight by in_features in the forward pass brings that
+    step down to lr * mean |z|, whatever the width. `std` is the standard deviation of the
+    effective weight, weight / in_features (the stored weight is drawn in_features times
+    wider), so the layer computes at the start what an `nn.Linear` initialised with that std
+    would; the bias is zero and used as is (its step is lr).
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, std: float, device=None, dtype=None
+    ):
+        super().__init__(in_features, out_features, device=device, dtype=dtype)
+        self.std = std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = getattr(self, "std", None)
+        if std is None:  # called by nn.Linear.__init__, before `std` is set
+            return
+        nn.init.normal_(self.weight, std=std * self.in_features)
+        nn.init.zeros_(self.bias)
+
+    def effective_weight(self) -> Tensor:
+        return self.weight / self.in_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
 class TaskLayerEmbedding(nn.Module):
     """The hypernetworks' input: one vector per (task, adapter site).
 
@@ -225,15 +263,14 @@ class TaskLayerEmbedding(nn.Module):
     `z[t, l] = relu(W [task_t; layer_l] + c)`, shape (tasks, sites, hidden). Embeddings start
     as standard normals and W with std 1/sqrt(2 * embed_dim), so the projection starts with
     unit variance before the ReLU (E[z^2] = 1/2), which the heads' initialisation assumes.
+    The projection is a `ScaledLinear` (its input is the same at every step).
     """
 
     def __init__(self, num_tasks: int, num_sites: int, embed_dim: int, hidden: int):
         super().__init__()
         self.task = nn.Parameter(torch.randn(num_tasks, embed_dim))
         self.layer = nn.Parameter(torch.randn(num_sites, embed_dim))
-        self.project = nn.Linear(2 * embed_dim, hidden)
-        nn.init.normal_(self.project.weight, std=1 / math.sqrt(2 * embed_dim))
-        nn.init.zeros_(self.project.bias)
+        self.project = ScaledLinear(2 * embed_dim, hidden, std=1 / math.sqrt(2 * embed_dim))
 
     def forward(self) -> Tensor:
         tasks, sites = self.task.shape[0], self.layer.shape[0]

@@ -45,6 +45,21 @@ that, at the start, the generated left factors have variance 1/a and the right f
 up-projection's right head is scaled by 1e-2 and the bias heads start at zero, so every
 adapter starts near the identity (near-zero output) and every parameter gets a gradient.
 
+Parametrisation. The projection and the heads are `methods.adapters.ScaledLinear`: the
+stored weight is divided by its fan-in in the forward pass (and drawn that much wider, so
+the start is the one above). Their input is a learned vector, the same at every step, so a
+plain linear head's gradient is the outer product g z^T and an Adam step moves every emitted
+entry by about lr * sum |z_j| (~0.4 lr * hidden): 39 lr for `polyhistor`, 355 lr for
+`polyhistor_lite`, where a directly trained adapter weight moves by lr. With the harness's
+shared recipe that made the generated adapters overwrite the frozen features within the
+warm-up (on the synthetic benchmark at the `quick` budget, adapter outputs 10^2 to 10^4
+times their input by the end of the first epoch and still growing, still several times their
+input at 1/30 of the learning rate; the LayerNorms of the next blocks hide their scale from
+the loss, so nothing stopped the growth), and both variants fell to constant predictions.
+Scaled by the fan-in, a step moves an emitted entry by about lr * mean |z|, whatever
+`hidden` is, and the generated adapters train at the pace of directly trained ones.
+Parameter counts do not change.
+
 Trains: the embeddings, the projection, the hypernetwork heads (and, for Lite, the scaling
 kernels), plus the decoders (the harness). Frozen: the whole backbone, LayerNorms included
 (HyperFormer generates conditional LayerNorms; Polyhistor does not say it tunes norms).
@@ -84,6 +99,7 @@ from methods.adapters import (
     AdapterSite,
     GeneratedWeights,
     HyperEncoder,
+    ScaledLinear,
     TaskAdapter,
     TaskLayerEmbedding,
     TaskWeight,
@@ -104,16 +120,13 @@ class FactorHeads(nn.Module):
         if rank < 1:
             raise ValueError(f"the generated factors need rank >= 1, got {rank}")
         self.shape = (a, b, rank)
-        self.left = nn.Linear(hidden, a * rank)
-        self.right = nn.Linear(hidden, rank * b)
-        self.bias = nn.Linear(hidden, b)
         # The conditioning vector has E[z^2] = 1/2 at the start (TaskLayerEmbedding), so an
-        # emitted entry has variance hidden / 2 * std^2: left 1/a, right gain^2 / r.
-        nn.init.normal_(self.left.weight, std=math.sqrt(2 / (hidden * a)))
-        nn.init.normal_(self.right.weight, std=gain * math.sqrt(2 / (hidden * rank)))
-        nn.init.zeros_(self.bias.weight)
-        for head in (self.left, self.right, self.bias):
-            nn.init.zeros_(head.bias)
+        # emitted entry has variance hidden / 2 * std^2: left 1/a, right gain^2 / r. The
+        # heads are `ScaledLinear` (std is that of the effective weight), so that an Adam
+        # step moves an emitted entry by about lr * mean |z|, not lr * hidden * mean |z|.
+        self.left = ScaledLinear(hidden, a * rank, std=math.sqrt(2 / (hidden * a)))
+        self.right = ScaledLinear(hidden, rank * b, std=gain * math.sqrt(2 / (hidden * rank)))
+        self.bias = ScaledLinear(hidden, b, std=0.0)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a, b, rank = self.shape

@@ -14,7 +14,7 @@ from benchmark.params import main as params_main
 from benchmark.records import iter_records
 from benchmark.run import compose_all, expand
 from methods.adapter import HoulsbyAdapter
-from methods.adapters import AdaptedBranch, Adapter, HyperEncoder, TaskWeight
+from methods.adapters import AdaptedBranch, Adapter, HyperEncoder, ScaledLinear, TaskWeight
 from methods.bitfit import BitFit
 from methods.polyhistor import FactorHeads, Polyhistor, PolyhistorLite
 from tests.conftest import SMALL_DATA, run_cli
@@ -247,6 +247,41 @@ def test_polyhistor_tasks_differ_and_batching_matches_separate_passes(method):
         torch.testing.assert_close(a, b)
     for other in TASKS[1:]:
         assert not torch.allclose(out["semseg"][-1], out[other][-1])
+
+
+@pytest.mark.parametrize("name", ["polyhistor", "polyhistor_lite"])
+def test_one_adam_step_moves_generated_weights_at_the_pace_of_direct_ones(name):
+    # Regression: with plain linear heads on the (fixed) conditioning vector z, one Adam
+    # step moved every generated entry by ~lr * sum|z| (~55 lr for polyhistor, ~400 lr for
+    # polyhistor_lite here), and in training the adapters overwrote the frozen features.
+    torch.manual_seed(0)
+    model = _model(name).train()
+    generator = model.encoder.generator
+    lr = 1e-3
+
+    def factors() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [t.clone() for pair in generator() for w in pair
+                    for t in (w.left, w.right, w.bias)]
+
+    before = factors()
+    batch = _batch()
+    loss, _ = MultiTaskLoss(TASKS)(model(batch["image"]), batch)
+    loss.backward()
+    torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr).step()
+    steps = [(a - b).abs().max().item() / lr for a, b in zip(factors(), before)]
+    assert min(steps) > 0.1, steps  # they do train
+    assert max(steps) < 10, steps  # a directly trained weight moves by lr
+
+
+def test_scaled_linear_starts_as_a_linear_layer_of_its_std():
+    torch.manual_seed(0)
+    layer = ScaledLinear(400, 300, std=0.05)
+    x = torch.randn(8, 400)
+    torch.testing.assert_close(layer(x), x @ layer.effective_weight().T + layer.bias)
+    assert abs(layer.effective_weight().std().item() - 0.05) < 2e-3
+    assert layer.bias.abs().sum() == 0
+    assert ScaledLinear(4, 3, std=0.0).weight.abs().sum() == 0
 
 
 def test_task_weight_applies_the_kronecker_of_scale_and_factors_per_sample():
