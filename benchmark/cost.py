@@ -36,10 +36,16 @@ def _trim_heap() -> None:
 
 
 class PeakMemory:
-    """Context manager; `.mb` holds the peak in MiB afterwards (None if not measurable)."""
+    """Context manager; `.mb` holds the peak in MiB afterwards (None if not measurable).
 
-    def __init__(self, device: torch.device):
+    `exclude_bytes` (CUDA) is memory allocated for the whole block that is not the model's:
+    the training data kept on the GPU, left out so that the peak is comparable between runs
+    whose data did and did not fit there.
+    """
+
+    def __init__(self, device: torch.device, exclude_bytes: int = 0):
         self.device = device
+        self.exclude_bytes = exclude_bytes
         self.mb: float | None = None
         self.kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss_increase"
         self._stop = threading.Event()
@@ -68,15 +74,18 @@ class PeakMemory:
     def current_mb(self) -> float | None:
         """The peak so far."""
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
+            return self._cuda_peak_mb()
         if not hasattr(self, "_thread"):
             return None
         return (max(self._peak, _rss_bytes() or 0) - self._base) / 2**20
 
+    def _cuda_peak_mb(self) -> float:
+        return (torch.cuda.max_memory_allocated(self.device) - self.exclude_bytes) / 2**20
+
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.mb = self._cuda_peak_mb()
         elif hasattr(self, "_thread"):
             self._stop.set()
             self._thread.join()

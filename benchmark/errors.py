@@ -1,5 +1,23 @@
 """Errors that a user can fix: the command line prints them as one line and exits 2."""
 
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+EXIT_BAD_INPUT = 2
+
 
 class UserError(Exception):
     """Bad input (an unknown name, an invalid value, a missing file), with how to fix it."""
+
+
+def report_user_error(err: UserError) -> int:
+    """Print `err` as one line on stderr (once, from rank 0 under torchrun; with its
+    traceback too when HYDRA_FULL_ERROR=1) and return the exit status of bad input."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exc()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {err}", file=sys.stderr)
+    return EXIT_BAD_INPUT

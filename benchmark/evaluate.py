@@ -28,9 +28,7 @@ probability would; that moves them by at most 2.5e-4 in probability, well inside
 from __future__ import annotations
 
 import json
-import os
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, report_user_error
 
 USAGE = (
     "usage: python -m benchmark.evaluate dataset=pascal_context|nyud dataset.root=DIR "
@@ -151,10 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"evaluate scores {' or '.join(REAL_DATASETS)}; {USAGE}")
         metrics = evaluate_predictions(cfg.dataset, predictions, progress=cfg.progress)
     except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     except KeyboardInterrupt:
         return 130
     print(json.dumps(metrics))

@@ -3,10 +3,15 @@
 configuration -> method -> data -> model(s) -> train -> evaluate -> Δm -> record. The
 single-task reference that Δm needs is itself a run: it is looked up by its own key and
 trained first when it does not exist yet, so every later run of the same setting reuses it.
+
+Under torchrun every rank calls `run_experiment` with the same configurations in the same
+order; rank 0 decides whether a run is skipped, busy or resumed and broadcasts it, holds
+the run's lock and writes its files, and every rank returns the same record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
@@ -19,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from benchmark import distributed
 from benchmark.cost import device_name
 from benchmark.data import MultiTaskData, dataset_info, load_dataset
 from benchmark.errors import UserError
@@ -34,7 +40,13 @@ from benchmark.records import (
     write_json_atomic,
 )
 from benchmark.tasks import TASKS
-from benchmark.train import GroupResult, resolve_device, train_and_evaluate
+from benchmark.train import (
+    Execution,
+    GroupResult,
+    TrainingDiverged,
+    resolve_device,
+    train_and_evaluate,
+)
 from methods.base import instantiate_method
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -59,7 +71,9 @@ class DataCache:
     def get(self, cfg: DictConfig, progress: bool) -> MultiTaskData:
         key = OmegaConf.to_yaml(cfg)
         if key != self._key:
-            self._data = load_dataset(cfg, progress=progress)
+            self._data = None  # let the previous dataset (and its GPU copy) go first
+            with distributed.main_first():  # rank 0 renders or builds the cache alone
+                self._data = load_dataset(cfg, progress=progress and distributed.is_main())
             self._key = key
         return self._data
 
@@ -79,19 +93,27 @@ def run_experiment(
     Raises `RunBusy` when another process holds the run, `RunFailed` (after writing a
     record with `status: failed`) when training or evaluation fails, and `UserError` on bad
     input. A failure of the single-task reference that this run trains first does not stop
-    this run: it is appended to `failures`.
+    this run: it is appended to `failures`. Under torchrun, a failure that need not have
+    happened on every rank (anything but a diverging loss, whose test uses the loss of all
+    ranks) is re-raised as it is: the other ranks may be waiting for this one, and ending
+    the process lets torchrun stop them.
     """
+    world = distributed.current()
+    if not world.is_main:
+        log = _quiet
     method = instantiate_method(cfg.method)
     directory = run_dir(cfg, method.label)
-    done = None if cfg.force else finished_record(directory)
+    done = None if cfg.force else distributed.broadcast(finished_record(directory))
     if done is not None:
         log(f"skip {method.label} seed {cfg.seed}: finished in {directory} (force=true re-runs)")
         return done
-    with run_lock(directory):
-        if cfg.force:
-            clear_run_state(directory)
-        elif any(directory.glob("checkpoint-*.pt")) or any(directory.glob("group-*.json")):
-            log(f"resuming {method.label} seed {cfg.seed} from {directory}")
+    with _lock_on_main(directory):
+        if world.is_main:
+            if cfg.force:
+                clear_run_state(directory)
+            elif any(directory.glob("checkpoint-*.pt")) or any(directory.glob("group-*.json")):
+                log(f"resuming {method.label} seed {cfg.seed} from {directory}")
+        distributed.barrier()  # nobody looks for checkpoints before rank 0 cleared them
         reference = None
         if method.name != REFERENCE_METHOD:
             reference = ensure_reference(cfg, cache, log, failures)
@@ -103,17 +125,44 @@ def run_experiment(
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 traceback.print_exc()
             message = f"{type(err).__name__}: {err}"
-            write_json_atomic(directory / "result.json", failed_record(cfg, method, message))
+            if world.is_main:
+                write_json_atomic(directory / "result.json", failed_record(cfg, method, message))
+            if world.distributed and not isinstance(err, TrainingDiverged):
+                raise
             raise RunFailed(message) from None
-        if reference is None and method.name != REFERENCE_METHOD:
-            reference = finished_record(reference_dir(cfg))  # trained meanwhile elsewhere?
-        record = make_record(cfg, method, directory, results, reference)
-        (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        write_json_atomic(directory / "result.json", record)
-        if not cfg.keep_checkpoints:
-            clear_run_state(directory)
+        record = None
+        if world.is_main:
+            if reference is None and method.name != REFERENCE_METHOD:
+                reference = finished_record(reference_dir(cfg))  # trained meanwhile elsewhere?
+            record = make_record(cfg, method, directory, results, reference)
+            (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+            write_json_atomic(directory / "result.json", record)
+            if not cfg.keep_checkpoints:
+                clear_run_state(directory)
+        record = distributed.broadcast(record)
     log(summary_line(record))
     return record
+
+
+def _quiet(_: str) -> None:
+    """The log of ranks other than 0."""
+
+
+@contextlib.contextmanager
+def _lock_on_main(directory: Path):
+    """`run_lock` taken by rank 0 alone; every rank raises `RunBusy` if rank 0 could not
+    take it."""
+    with contextlib.ExitStack() as stack:
+        busy = None
+        if distributed.is_main():
+            try:
+                stack.enter_context(run_lock(directory))
+            except RunBusy as err:
+                busy = str(err)
+        busy = distributed.broadcast(busy)
+        if busy is not None:
+            raise RunBusy(busy)
+        yield
 
 
 def reference_dir(cfg: DictConfig) -> Path:
@@ -126,7 +175,7 @@ def ensure_reference(
 ) -> dict | None:
     """The single-task record of `cfg`'s setting, trained first if missing. None (and Δm
     left empty) when it fails or another process is training it right now."""
-    reference = finished_record(reference_dir(cfg))
+    reference = distributed.broadcast(finished_record(reference_dir(cfg)))
     if reference is not None:
         return reference
     log("Δm needs the single-task reference of this setting: training it first")
@@ -152,7 +201,7 @@ def train_groups(method, cfg: DictConfig, directory: Path, cache: DataCache) -> 
     results = []
     for i, tasks in enumerate(groups):
         saved = directory / f"group-{i}.json"
-        previous = read_record(saved)
+        previous = distributed.broadcast(read_record(saved))
         if previous is not None and previous.get("tasks") == list(tasks):
             results.append(GroupResult(**previous))
             continue
@@ -162,8 +211,10 @@ def train_groups(method, cfg: DictConfig, directory: Path, cache: DataCache) -> 
         result = train_and_evaluate(
             model, data, cfg.budget, device, cfg.seed, cfg.progress, desc,
             checkpoint=directory / f"checkpoint-{i}.pt", checkpoint_every=cfg.checkpoint_every,
+            execution=Execution.from_config(cfg),
         )
-        write_json_atomic(saved, asdict(result))
+        if distributed.is_main():
+            write_json_atomic(saved, asdict(result))
         results.append(result)
         del model
     return results
@@ -236,7 +287,7 @@ def make_record(cfg, method, directory: Path, results: list[GroupResult], refere
             "peak_memory_mb": max(peaks) if peaks else None,
             "memory_kind": results[0].memory_kind,
             "device": device_name(device),
-            "world_size": 1,
+            "world_size": distributed.current().size,
         },
         "final_loss": {"+".join(r.tasks): r.final_loss for r in results},
         "run_dir": str(directory),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from tabulate import tabulate
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, report_user_error
 from benchmark.run import choices, compose_all, expand
 
 
@@ -73,8 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rest.append("method=" + ",".join(m for m in choices("method") if m != "custom"))
         rows = [count(cfg) for cfg in compose_all(expand(rest))]
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     if fmt == "json":
         for row in rows:
             print(json.dumps(row))

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from benchmark.backbone import WEIGHTS_DIR, build_swin
 from benchmark.data import IMAGENET_MEAN, IMAGENET_STD
-from benchmark.errors import UserError
+from benchmark.errors import UserError, report_user_error
 from benchmark.run import CONF_DIR
 
 DEFAULTS = {
@@ -171,8 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = parse(sys.argv[1:] if argv is None else argv)
         card = pretrain(settings)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     print(f"wrote {settings['output']} (upstream val accuracy {card['val_accuracy']}%)")
     return 0
 

@@ -104,15 +104,35 @@ def _alive(pid: object) -> bool:
     return True
 
 
+def _job() -> dict:
+    """This process's SLURM job and how often it was requeued (nothing outside SLURM)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return {}
+    return {
+        "slurm_job": os.environ["SLURM_JOB_ID"],
+        "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+    }
+
+
+def _requeued_from(holder: dict | None, me: dict) -> bool:
+    """Whether `holder` is this SLURM job before a requeue (the job id stays, the restart
+    count grows): it is gone, wherever it ran."""
+    if holder is None or "slurm_job" not in me or holder.get("slurm_job") != me["slurm_job"]:
+        return False
+    restart = holder.get("slurm_restart")
+    return isinstance(restart, int) and restart < me["slurm_restart"]
+
+
 @contextlib.contextmanager
 def run_lock(directory: Path) -> Iterator[None]:
     """Hold `directory/lock` while a run trains, so that two sweeps sharing a results
     directory never train (and write) the same run at once. A lock left by a dead process
-    of this host is taken over; a lock of another host is respected (its file names the
-    holder; delete it if that job is gone)."""
+    of this host is taken over, and so is one left by an earlier incarnation of this SLURM
+    job (a job requeued after a time-out may start on another host); any other lock of
+    another host is respected (its file names the holder; delete it if that job is gone)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "lock"
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), **_job()}
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -127,7 +147,7 @@ def run_lock(directory: Path) -> Iterator[None]:
                 holder is not None and holder.get("host") == me["host"]
                 and not _alive(holder.get("pid"))
             )
-            if unreadable_and_old or dead_here:
+            if unreadable_and_old or dead_here or _requeued_from(holder, me):
                 path.unlink(missing_ok=True)
                 continue
             who = "another process" if holder is None else (

@@ -35,7 +35,7 @@ import matplotlib
 from tabulate import tabulate
 
 from benchmark import plots
-from benchmark.errors import UserError
+from benchmark.errors import UserError, report_user_error
 from benchmark.metrics import delta_m
 from benchmark.records import iter_records, slug
 from benchmark.tasks import TASKS
@@ -864,8 +864,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         matplotlib.use("Agg")
         pages = write_reports(records, Path(args["output_dir"]))
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     print(f"wrote {len(pages)} group page(s), figures and CSVs; "
           f"index at {Path(args['output_dir']) / 'index.md'}")
     return 0

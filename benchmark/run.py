@@ -10,14 +10,19 @@ a `method=` override the methods of `sweep=NAME` (conf/sweep/NAME.yaml) run. Eve
 configuration is composed and checked before the first run starts, the single-task
 references run first, and a run that fails is recorded as failed while the sweep goes on.
 Exit status: 0 when every run finished, 1 when some failed, 2 on bad input.
+
+    torchrun --nproc_per_node=4 -m benchmark.run method=mtlora  # each run on 4 GPUs (DDP)
+    python -m benchmark.run method=mtlora,lora seed=0,1,2 hydra/launcher=slurm
+
+Under torchrun every process runs the same sweep and rank 0 writes (`benchmark.distributed`);
+an override of hydra's own configuration (`hydra/launcher=...`) hands the sweep to that
+launcher, one job per run (`benchmark.launch`).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from benchmark.errors import UserError
+from benchmark import distributed
+from benchmark.errors import UserError, report_user_error
 
 CONF_DIR = Path(__file__).parent / "conf"
 GROUPS = ("method", "dataset", "backbone", "budget")
@@ -113,6 +119,13 @@ def validate(cfg: DictConfig, training: bool = False) -> None:
         raise UserError(f"budget.lr must be positive, got {budget.lr}")
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed must be a whole number, got {cfg.seed!r}")
+    for key in ("compile", "channels_last"):
+        if not isinstance(cfg[key], bool):
+            raise UserError(f"{key} must be true or false, got {cfg[key]!r}")
+    if not isinstance(cfg.data_on_gpu, int | float) or not 0 <= cfg.data_on_gpu <= 1:
+        raise UserError(f"data_on_gpu must be a share between 0 and 1, got {cfg.data_on_gpu!r}")
+    if not isinstance(cfg.prefetch, int) or cfg.prefetch < 0:
+        raise UserError(f"prefetch must be a whole number >= 0, got {cfg.prefetch!r}")
     dataset_info(cfg.dataset)
     if training:
         from benchmark.backbone import require_weights, resolve_weights
@@ -154,7 +167,8 @@ def run_sweep(configs: list[DictConfig]) -> int:
     configs = sorted(configs, key=lambda c: c.method.name != REFERENCE_METHOD)
     cache = DataCache()
     failures, busy = [], []
-    progress = all(c.progress for c in configs)
+    main = distributed.is_main()
+    progress = all(c.progress for c in configs) and main
     bar = tqdm(configs, desc="sweep", unit="run", disable=not progress or len(configs) == 1)
     for cfg in bar:
         bar.set_postfix_str(f"{cfg.method.name} seed {cfg.seed}")
@@ -162,11 +176,15 @@ def run_sweep(configs: list[DictConfig]) -> int:
             run_experiment(cfg, cache, failures=failures)
         except RunFailed as err:  # recorded as failed; the sweep goes on
             failures.append(f"{cfg.method.name} seed {cfg.seed}: {err}")
-            tqdm.write(f"FAILED {cfg.method.name} seed {cfg.seed}: {err}")
+            if main:
+                tqdm.write(f"FAILED {cfg.method.name} seed {cfg.seed}: {err}")
         except RunBusy as err:
             busy.append(str(err))
-            tqdm.write(f"skip {cfg.method.name} seed {cfg.seed}: {err}")
+            if main:
+                tqdm.write(f"skip {cfg.method.name} seed {cfg.seed}: {err}")
     bar.close()
+    if not main:
+        return 1 if failures else 0
     if busy:
         print(f"{len(busy)} runs were left to the processes training them", file=sys.stderr)
     if failures:
@@ -185,13 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {group}: {', '.join(choices(group))}")
         return 0
     try:
-        configs = compose_all(expand(argv), training=True)
-        return run_sweep(configs)
+        from benchmark.launch import is_hydra_override, launch_sweep
+
+        hydra_overrides = [a for a in argv if is_hydra_override(a)]
+        combos = expand([a for a in argv if not is_hydra_override(a)])
+        configs = compose_all(combos, training=True)
+        if hydra_overrides:
+            return launch_sweep(configs, combos, hydra_overrides)
+        distributed.setup(configs[0].device)
+        try:
+            return run_sweep(configs)
+        finally:
+            distributed.teardown()
     except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept in their result.json", file=sys.stderr)
         return 130

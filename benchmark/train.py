@@ -4,6 +4,15 @@ AdamW (betas 0.9/0.999, eps 1e-8) with weight decay on matrices only; the learni
 of the budget scaled by batch * world / 512; linear warm-up then cosine decay, per step;
 gradient-norm clipping; bf16 autocast on CUDA; the task-weighted loss of SPEC 1.1; metrics
 from streaming meters over the validation split.
+
+How fast it runs (`Execution`, none of which changes what is computed beyond rounding):
+the training loop never waits for the device except once per epoch (the epoch's loss);
+the optimiser is the fused AdamW on CUDA; the training split stays on the GPU when it fits
+(`benchmark.data.place_split`), otherwise batches are gathered ahead by a background thread
+and copied from pinned memory on a stream of their own; `compile` hands the model to
+`torch.compile`; `channels_last` stores images and convolution weights NHWC. Under torchrun
+(`benchmark.distributed`) the model trains in DistributedDataParallel, each rank on its
+shard of every epoch, and the evaluation is sharded and reduced.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
+from benchmark import distributed
 from benchmark.cost import PeakMemory, Stopwatch
-from benchmark.data import BatchLoader, MultiTaskData
+from benchmark.data import BatchLoader, MultiTaskData, place_split
 from benchmark.errors import UserError
 from benchmark.losses import MultiTaskLoss
 from benchmark.metrics import TaskMeters
@@ -48,6 +58,25 @@ class GroupResult:
     peak_memory_mb: float | None
     memory_kind: str
     final_loss: float
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run executes (the top-level keys of the same names in `conf/config.yaml`)."""
+
+    compile: bool = False  # torch.compile the model for training
+    channels_last: bool = False  # NHWC images and convolution weights
+    data_on_gpu: float = 0.25  # share of free GPU memory the training split may take
+    prefetch: int = 2  # batches prepared ahead when the data stays in host memory
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Execution:
+        return cls(
+            compile=bool(cfg.compile),
+            channels_last=bool(cfg.channels_last),
+            data_on_gpu=float(cfg.data_on_gpu),
+            prefetch=int(cfg.prefetch),
+        )
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -96,6 +125,7 @@ def train_and_evaluate(
     desc: str = "train",
     checkpoint: Path | None = None,
     checkpoint_every: int = 1,
+    execution: Execution | None = None,
 ) -> GroupResult:
     """Train `model` with the budget's recipe, then evaluate it on the validation split.
 
@@ -103,30 +133,47 @@ def train_and_evaluate(
     there atomically every `checkpoint_every` epochs and after the last one, and a run that
     finds it resumes from it: the data order depends on (seed, epoch) only and the RNG state
     is restored, so a resumed run reaches the same weights as an uninterrupted one.
+
+    Under torchrun every rank calls this with the same arguments and an identically
+    initialised `model`; rank 0 writes the checkpoint, and every rank returns the same
+    metrics.
     """
+    execution = execution or Execution()
+    world = distributed.current()
     tasks = model.tasks
     model.to(device)
+    if execution.channels_last:
+        model.to(memory_format=torch.channels_last)
+    cuda = device.type == "cuda"
     loader = BatchLoader(
-        data.train, tasks, budget.batch_size, device, shuffle=True, augment=True, seed=seed,
-        drop_last=True, max_batches=budget.train_batches,
+        place_split(data.train, device, execution.data_on_gpu), tasks, budget.batch_size,
+        device, shuffle=True, augment=True, seed=seed, drop_last=True,
+        max_batches=budget.train_batches, rank=world.rank, world_size=world.size,
+        prefetch=execution.prefetch if cuda else 0,
     )
+    # the training data kept on the GPU is not the model's memory: left out of the peak
+    resident = loader.split.nbytes if loader.split is not data.train else 0
     criterion = MultiTaskLoss(tasks)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         param_groups(model, budget.weight_decay), lr=budget.lr, betas=(0.9, 0.999), eps=1e-8,
-        fused=device.type == "cuda",
+        fused=cuda,
     )
-    lr_at = lr_schedule(budget, len(loader))
+    lr_at = lr_schedule(budget, len(loader), world.size)
     total_steps = budget.epochs * len(loader)
 
-    state = TrainState()
-    if checkpoint is not None and checkpoint.exists():
+    state = TrainState(world_size=world.size)
+    if world.rank > 0:
+        # the model starts identical on every rank; dropout and drop path must not
+        torch.manual_seed(seed + 100_003 * world.rank)
+    if checkpoint is not None and distributed.broadcast(checkpoint.exists()):
         state = load_checkpoint(checkpoint, model, optimizer, device)
+    step_model = training_module(model, device, data.info.image_size, execution.compile)
     bar = tqdm(
-        total=total_steps, initial=state.step, desc=desc, unit="step", disable=not progress,
-        leave=False,
+        total=total_steps, initial=state.step, desc=desc, unit="step",
+        disable=not progress or not world.is_main, leave=False,
     )
-    with PeakMemory(device) as memory:
+    with PeakMemory(device, exclude_bytes=resident) as memory:
         model.train()
         for epoch in range(state.epoch, budget.epochs):
             with Stopwatch(device) as watch:
@@ -135,9 +182,12 @@ def train_and_evaluate(
                 for batch in loader:
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(state.step)
+                    images = batch["image"]
+                    if execution.channels_last:
+                        images = images.contiguous(memory_format=torch.channels_last)
                     try:
                         with autocast(device, budget.amp):
-                            outputs = model(batch["image"])
+                            outputs = step_model(images)
                         loss, _ = criterion(outputs, batch)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
@@ -150,9 +200,11 @@ def train_and_evaluate(
                     optimizer.step()
                     epoch_loss += loss.detach()
                     state.step += 1
-                    state.images += batch["image"].shape[0]
+                    state.images += images.shape[0] * world.size
                     bar.update()
-                state.last_loss = (epoch_loss / len(loader)).item()  # one host sync per epoch
+                # the mean over every rank's batches, so that all ranks take the same
+                # decisions below; one host sync per epoch
+                state.last_loss = (distributed.all_reduce_(epoch_loss, "mean") / len(loader)).item()
             state.epoch = epoch + 1
             state.seconds += watch.seconds
             bar.set_postfix(epoch=epoch + 1, loss=f"{state.last_loss:.3f}")
@@ -167,10 +219,13 @@ def train_and_evaluate(
                 state.epoch % checkpoint_every == 0 or last
             ):
                 state.peak_memory_mb = _max(state.peak_memory_mb, memory.current_mb())
-                save_checkpoint(checkpoint, model, optimizer, state)
+                save_checkpoint(checkpoint, model, optimizer, state, device)
     bar.close()
+    distributed.sync_buffers(model)
+    distributed.check_replicas(model)
 
-    metrics = evaluate(model, data, budget, device)
+    metrics = evaluate(model, data, budget, device, execution.prefetch if cuda else 0)
+    peaks = [p for p in distributed.gather(_max(state.peak_memory_mb, memory.mb)) if p]
     return GroupResult(
         tasks=tasks,
         metrics=metrics,
@@ -179,10 +234,50 @@ def train_and_evaluate(
         decoders=count_parameters(model.decoders),
         train_seconds=state.seconds,
         train_images=state.images,
-        peak_memory_mb=_max(state.peak_memory_mb, memory.mb),
+        peak_memory_mb=max(peaks) if peaks else None,  # per process; the largest over ranks
         memory_kind=memory.kind,
         final_loss=state.last_loss,
     )
+
+
+def training_module(
+    model: MultiTaskModel, device: torch.device, image_size: int, compile: bool = False
+) -> nn.Module:
+    """What the training loop calls: `model` itself, wrapped in DistributedDataParallel
+    under torchrun, and compiled on request (the DDP wrapper, as PyTorch recommends).
+    Checkpoints, evaluation and parameter counts keep using `model`."""
+    module: nn.Module = model
+    if distributed.current().distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=has_unused_parameters(model, image_size, device),
+        )
+    if compile:
+        module = torch.compile(module)
+    return module
+
+
+def has_unused_parameters(model: nn.Module, image_size: int, device: torch.device) -> bool:
+    """Whether some trainable parameter does not reach any output (MTLoRA: the shared
+    stream's LoRA on fc2 in the last block, which no decoder reads). DDP must then be told
+    (`find_unused_parameters`), which costs a walk of the autograd graph every step, so it
+    is only asked for where needed. One eval-mode forward and backward of a blank image
+    finds out without touching the model's state (no dropout draws, no BatchNorm update)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model(torch.zeros(1, 3, image_size, image_size, device=device))
+        sum(o.float().sum() for o in outputs.values()).backward()
+        unused = any(p.grad is None for p in trainable)
+    finally:
+        for p in trainable:
+            p.grad = None
+        model.train(was_training)
+    return unused
 
 
 def _max(a: float | None, b: float | None) -> float | None:
@@ -196,19 +291,31 @@ class TrainState:
 
     epoch: int = 0  # completed epochs
     step: int = 0
-    images: int = 0
+    images: int = 0  # over all ranks
     seconds: float = 0.0
     peak_memory_mb: float | None = None
     last_loss: float = float("nan")
+    world_size: int = 1  # the shards and the step count depend on it
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer, state: TrainState) -> None:
+def _rng_state(device: torch.device) -> dict:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer, state: TrainState, device: torch.device
+) -> None:
+    """Rank 0 writes the model, the optimiser (the same on every rank) and the RNG state
+    of every rank (a collective: every rank calls this)."""
+    rng = distributed.gather(_rng_state(device))
+    if not distributed.is_main():
+        return
     blob = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "state": asdict(state),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rng": rng,
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -219,44 +326,66 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, state: TrainState) 
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, device: torch.device) -> TrainState:
+    """Every rank loads the same file (the ranks share the results directory)."""
+    world = distributed.current()
     try:
         blob = torch.load(path, map_location=device, weights_only=False)
-        model.load_state_dict(blob["model"])
-        optimizer.load_state_dict(blob["optimizer"])
+        state = TrainState(**blob["state"])
+        if state.world_size == world.size:
+            model.load_state_dict(blob["model"])
+            optimizer.load_state_dict(blob["optimizer"])
+            rng = blob["rng"][world.rank]
     except Exception as err:  # a checkpoint of another configuration or a damaged file
         raise UserError(
             f"cannot resume from {path}: {type(err).__name__}; delete it or run with force=true"
         ) from None
-    torch.set_rng_state(blob["rng"].cpu())
-    if blob["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in blob["cuda_rng"]])
-    return TrainState(**blob["state"])
+    if state.world_size != world.size:
+        raise UserError(
+            f"{path} was written by {state.world_size} processes and this run has "
+            f"{world.size}: resume with the same number, or run with force=true"
+        )
+    torch.set_rng_state(rng["cpu"].cpu())
+    if rng["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
+    return state
 
 
 @torch.no_grad()
 def evaluate(
-    model: MultiTaskModel, data: MultiTaskData, budget: DictConfig, device: torch.device
+    model: MultiTaskModel,
+    data: MultiTaskData,
+    budget: DictConfig,
+    device: torch.device,
+    prefetch: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Metrics over the validation split, at the resolution the dataset is scored at
-    (`dataset.eval_resolution`: the input size, or each image's own size)."""
+    (`dataset.eval_resolution`: the input size, or each image's own size). Under torchrun
+    each rank scores its shard and the meters' sums are added up over the ranks."""
     tasks = model.tasks
+    world = distributed.current()
     loader = BatchLoader(
-        data.val, tasks, 2 * budget.batch_size, device, max_images=budget.val_images
+        data.val, tasks, 2 * budget.batch_size, device, max_images=budget.val_images,
+        rank=world.rank, world_size=world.size, prefetch=prefetch,
     )
-    meters = TaskMeters({t: data.info.num_outputs[t] for t in tasks})
+    meters = TaskMeters({t: data.info.num_outputs[t] for t in tasks}, device=device)
     model.eval()
     for batch in loader:
         with autocast(device, budget.amp):
             outputs = model(batch["image"])
         for predictions, labels in loader.score_pairs(outputs, batch):
             meters.update(predictions, labels)
-    return meters.compute()
+    return meters.all_reduce_().compute()
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of `device=NAME`; under torchrun, CUDA means this rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"unknown device={name}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA device is visible; use device=cpu or auto")
-    return device
+    return distributed.device_for(device)

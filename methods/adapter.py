@@ -35,7 +35,7 @@ from torch import nn
 from benchmark.backbone import SwinBackbone
 from benchmark.model import Encoder
 from methods.adapters import Adapter, insert_adapters
-from methods.base import Method, freeze
+from methods.base import Method, freeze, positive_ints
 
 
 class HoulsbyAdapter(Method):
@@ -43,9 +43,7 @@ class HoulsbyAdapter(Method):
 
     def __init__(self, reduction: int = 1, name: str | None = None):
         super().__init__(name or "adapter")
-        if int(reduction) != reduction or reduction < 1:
-            raise ValueError(f"reduction must be a positive integer, got {reduction}")
-        self.reduction = int(reduction)
+        (self.reduction,) = positive_ints(reduction=reduction)
 
     @property
     def label(self) -> str:

@@ -88,6 +88,13 @@ class AdaptedBranch(nn.Module):
         return self.drop_path(self.adapter(x))
 
 
+def bottleneck_width(dim: int, reduction: int) -> int:
+    """The hidden width of an adapter of width `dim` with reduction factor `reduction`."""
+    if dim // reduction < 1:
+        raise ValueError(f"reduction {reduction} leaves no bottleneck for width {dim}")
+    return dim // reduction
+
+
 @dataclass(frozen=True)
 class AdapterSite:
     """One adapter position: `index` counts sites stage by stage, block by block, attn first."""
@@ -307,3 +314,107 @@ class HyperEncoder(PerTaskEncoder):
     def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
         with self.weights.hold(self.generator()):
             return super().forward(images)
+
+
+def insert_adapters_at(
+    backbone: SwinBackbone,
+    make: Callable[[AdapterSite], nn.Module],
+    positions: Sequence[str] = POSITIONS,
+) -> list[AdapterSite]:
+    """As `insert_adapters`, at the given positions only (`attn`, `mlp`); returns the sites
+    that got an adapter, with their `index` counting those sites only."""
+    unknown = set(positions) - set(POSITIONS)
+    if unknown or not positions:
+        raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {positions}")
+    sites: list[AdapterSite] = []
+    for site in adapter_sites(backbone):
+        if site.position not in positions:
+            continue
+        site = AdapterSite(len(sites), site.stage, site.block, site.position, site.dim)
+        block = backbone.stages[site.stage].blocks[site.block]
+        attr = "drop_path1" if site.position == "attn" else "drop_path2"
+        setattr(block, attr, AdaptedBranch(make(site), getattr(block, attr)))
+        sites.append(site)
+    return sites
+
+
+# --- parameterised hypercomplex multiplication (Compacter) ---------------------------------
+
+
+def phm_rule(
+    n: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> nn.Parameter:
+    """The "slow" matrices A_1..A_n (n x n each) of Compacter, as one (n, n, n) parameter
+    to be shared by PHM layers; entries N(0, 1/n) (see `PHMLinear` for the scale)."""
+    if n < 1:
+        raise ValueError(f"phm_dim must be >= 1, got {n}")
+    rule = torch.empty(n, n, n, device=device, dtype=dtype)
+    with torch.no_grad():
+        rule.normal_(std=1 / math.sqrt(n))
+    return nn.Parameter(rule)
+
+
+class PHMLinear(nn.Module):
+    """Compacter's low-rank PHM layer (Mahabadi et al., NeurIPS 2021, Sec. 3).
+
+    `y = x W + b` with the (in x out) matrix `W = sum_i kron(A_i, s_i t_i^T)`: the n x n
+    "slow" A_i come from `rule`, a parameter shared with other layers (registered in each
+    of them, like tied weights; counted once), and the "fast" rank-one factor of this layer
+    has s_i of length in / n (`left`, (n, in / n)) and t_i of length out / n (`right`,
+    (n, out / n)). A layer costs in + out (+ out bias) parameters. W is formed once per
+    forward pass (n in out multiply-adds, at most 768 x 768 in Swin-T) and applied as one
+    matmul, like any linear layer. Applying the factors to every token instead saves
+    multiply-adds but, measured on a CPU at the synthetic benchmark's sizes, ran slower
+    overall (three small contractions per token on the first stage's many tokens).
+
+    Initialisation: A_i entries N(0, 1/n) (`phm_rule`), s_i and t_i N(0, init_std), bias
+    zero, so that the entries of W have std init_std ** 2 (Houlsby's near-identity scale
+    with the default 0.1: 1e-2).
+    """
+
+    def __init__(self, in_features: int, out_features: int, rule: nn.Parameter,
+                 init_std: float = 0.1):
+        super().__init__()
+        n = rule.shape[0]
+        if rule.shape != (n, n, n):
+            raise ValueError(f"a PHM rule is (n, n, n), got {tuple(rule.shape)}")
+        if in_features % n or out_features % n:
+            raise ValueError(
+                f"phm_dim {n} must divide both sides of a PHM layer, got "
+                f"{in_features} -> {out_features}"
+            )
+        self.in_features, self.out_features = in_features, out_features
+        self.init_std = init_std
+        self.rule = rule
+        factory = {"device": rule.device, "dtype": rule.dtype}
+        self.left = nn.Parameter(torch.empty(n, in_features // n, **factory))
+        self.right = nn.Parameter(torch.empty(n, out_features // n, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draws this layer's fast factors and bias; the shared rule is left as it is."""
+        nn.init.normal_(self.left, std=self.init_std)
+        nn.init.normal_(self.right, std=self.init_std)
+        nn.init.zeros_(self.bias)
+
+    def matrix(self) -> Tensor:
+        """The dense (in x out) W: entry ((a, p), (b, q)) is sum_i A_i[a, b] s_i[p] t_i[q]."""
+        w = torch.einsum("iab,ip,iq->apbq", self.rule, self.left, self.right)
+        return w.reshape(self.in_features, self.out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.matrix().t(), self.bias)
+
+
+class PHMAdapter(nn.Module):
+    """A bottleneck adapter of two PHM layers: `x + up(gelu(down(x)))` (Compacter)."""
+
+    def __init__(self, dim: int, bottleneck: int, rule: nn.Parameter, init_std: float = 0.1):
+        super().__init__()
+        self.down = PHMLinear(dim, bottleneck, rule, init_std)
+        self.act = nn.GELU()
+        self.up = PHMLinear(bottleneck, dim, rule, init_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.up(self.act(self.down(x)))

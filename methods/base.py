@@ -52,6 +52,18 @@ class Method:
         return Encoder(backbone, tasks)
 
 
+def positive_ints(**options: object) -> list[int]:
+    """The values of `options` as ints, in order; a ValueError naming the first option that
+    is not a whole number >= 1."""
+    values = []
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value \
+                or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        values.append(int(value))
+    return values
+
+
 def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)

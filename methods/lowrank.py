@@ -8,6 +8,9 @@
 - `MultiTaskLoRALinear`: MTLoRA's linear (Agiza et al., CVPR 2024; SPEC 3.1): one frozen
   product on the shared stream, a task-agnostic update for the shared output and one
   task-specific update per task.
+- `DoRALinear`, `MultiTaskDoRALinear`: the weight-decomposed variants of the two layers
+  above (DoRA, Liu et al., ICML 2024): a trainable magnitude per output feature times the
+  low-rank-updated weight normalised per output feature.
 - `inject`: replaces named `nn.Linear` modules anywhere inside a module by wrappers built
   by a factory; methods use it to place their layers without knowing the host's layout.
 
@@ -239,3 +242,124 @@ def merge_lora(module: nn.Module) -> int:
     for layer in layers:
         layer.merge()
     return len(layers)
+
+
+# --- DoRA: weight-decomposed low-rank adaptation ---------------------------------------
+
+
+def row_norm(weight: Tensor) -> Tensor:
+    """The L2 norm of each output feature's weights: (out_features, in_features) -> (out,).
+
+    DoRA's column-wise norm ||.||_c (Liu et al., Eq. 2): the paper's magnitude m has one
+    entry per output feature, each column of its W holding one output's weights. In
+    PyTorch's (out, in) layout that is one norm per row of `weight`, as in the authors' code.
+    """
+    return torch.linalg.vector_norm(weight, dim=1)
+
+
+class DoRALinear(LoRALinear):
+    """DoRA's linear layer (Liu et al., ICML 2024, Eq. 5), with W and b frozen:
+
+        y = m / ||W + s B A||  *  (W x + s B A dropout(x))  +  b
+
+    where m (out_features,) is trainable and initialised to ||W|| and the norm is taken per
+    output feature (`row_norm`). With B = 0 the ratio is exactly one and the layer is the
+    frozen one. The norm is detached from the graph, as the paper recommends (Sec. 4.3:
+    treated as a constant, which saves the memory of its backward); the magnitude and the
+    low-rank factors still receive their full gradients through the output. The bias is
+    not rescaled (it is not part of the decomposed weight).
+
+    `delta_weight()` is the dense change of the weight, m / ||V|| * V - W with V = W + s B A,
+    so that W + delta_weight() is the effective weight; `merge()` writes it into W (and keeps
+    the per-feature ratio, m / ||V||, to undo it exactly).
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0, dropout: float = 0.0):
+        super().__init__(base, rank, scale, dropout)
+        self.magnitude = nn.Parameter(row_norm(base.weight.detach()).clone())
+        self._merge_ratio: Tensor | None = None
+
+    def ratio(self) -> Tensor:
+        """m / ||W + s B A|| per output feature (the norm detached)."""
+        direction = self.base.weight + self.lora.delta_weight()
+        return self.magnitude / row_norm(direction).detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.merged:
+            return self.base(x)
+        y = (F.linear(x, self.base.weight) + self.lora(self.dropout(x))) * self.ratio()
+        return y if self.base.bias is None else y + self.base.bias
+
+    def delta_weight(self) -> Tensor:
+        weight = self.base.weight
+        return self.ratio().unsqueeze(1) * (weight + self.lora.delta_weight()) - weight
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            ratio = self.ratio()
+            weight = self.base.weight
+            merged = ratio.unsqueeze(1) * (weight + self.lora.delta_weight())
+            weight.copy_(merged.to(weight.dtype))
+            self._merge_ratio = ratio
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            weight = self.base.weight
+            original = weight / self._merge_ratio.unsqueeze(1) - self.lora.delta_weight()
+            weight.copy_(original.to(weight.dtype))
+            self._merge_ratio = None
+            self.merged = False
+
+
+class MultiTaskDoRALinear(MultiTaskLoRALinear):
+    """MTLoRA's multi-task linear with DoRA's decomposition (`mtlora dora=true`).
+
+    One trainable magnitude m per output feature (initialised to ||W||) is shared by the
+    shared output and every task output; each output normalises its *own* direction:
+
+        shared output = m / ||W + s B_sh A_sh||  *  (W x + s B_sh A_sh dropout(x))  +  b
+        task output t = m / ||W + s_t B_t A_t||  *  (W x + s_t B_t A_t x_t)  +  b
+
+    so that, as in MTLoRA, a task output does not contain the shared update, and with every
+    B zero all outputs are the frozen layer's. This combination is ours (no paper reports
+    DoRA inside MTLoRA): one magnitude per layer keeps the added cost that of the shared
+    layers, and the tasks adapt only their directions. Norms are detached as in `DoRALinear`.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        rank: int,
+        tasks: Iterable[str],
+        task_rank: int,
+        scale: float = 4.0,
+        task_scale: float | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__(base, rank, tasks, task_rank, scale, task_scale, dropout)
+        self.magnitude = nn.Parameter(row_norm(base.weight.detach()).clone())
+
+    def ratio(self, update: LowRank) -> Tensor:
+        direction = self.base.weight + update.delta_weight()
+        return self.magnitude / row_norm(direction).detach()
+
+    def forward(
+        self, x: Tensor, task_inputs: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        frozen = F.linear(x, self.base.weight)
+        dropped = self.dropout(x)
+        bias = self.base.bias
+
+        def output(update: LowRank, inputs: Tensor) -> Tensor:
+            y = (frozen + update(inputs)) * self.ratio(update)
+            return y if bias is None else y + bias
+
+        shared = output(self.shared, dropped)
+        tasks = {
+            t: output(lora, dropped if task_inputs is None else task_inputs[t])
+            for t, lora in self.task_lora.items()
+        }
+        return shared, tasks

@@ -51,6 +51,18 @@ Interpretations where the paper is silent and the official code decides:
   allow unused parameters).
 - `fc1_t` and `fc2_t` read the task stream only through their TS-LoRA update (the frozen
   product reads the shared stream), exactly as the official `MTLoRALinear`.
+
+Option `dora` (default false; not in the paper): DoRA's weight decomposition (Liu et al.,
+ICML 2024; `methods.dora`) on every adapted layer. A TA-LoRA layer becomes a
+`DoRALinear`: a trainable magnitude per output feature, initialised to the frozen weight's
+norm, times W + s B A normalised per output feature. A multi-task layer becomes a
+`MultiTaskDoRALinear`: one magnitude per output feature shared by its shared output and
+every task output, each output normalising its own direction (W + s B_sh A_sh for the
+shared one, W + s B_t A_t for task t), so a task output still excludes the shared update;
+no paper reports this combination. Labels read `mtlora dora r=16` and `mtlora+ dora r=16`.
+The count grows by the magnitudes, one per output of every adapted linear: 9 C per block
+of width C (qkv 3C, proj C, fc1 4C, fc2 C), 39,744 for Swin-T, plus 2 C per merging
+reduction in MTLoRA+ (1,344 for Swin-T).
 """
 
 from __future__ import annotations
@@ -62,7 +74,13 @@ from torch import Tensor, nn
 from benchmark.backbone import SwinBackbone, TaskStreams
 from benchmark.model import Encoder
 from methods.base import Method, freeze
-from methods.lowrank import LoRALinear, MultiTaskLoRALinear, inject
+from methods.lowrank import (
+    DoRALinear,
+    LoRALinear,
+    MultiTaskDoRALinear,
+    MultiTaskLoRALinear,
+    inject,
+)
 
 # The shared-path linears of every block, and the subset that also has task paths in the
 # last block of a stage (SPEC 3.1).
@@ -91,10 +109,16 @@ class TaskStreamBlock(nn.Module):
         block.attn.proj, block.attn.proj_drop = nn.Identity(), nn.Identity()
         self.block = block
 
+    def proj_task_inputs(self, normed: Tensor, context: Tensor) -> dict[str, Tensor] | None:
+        """What the task updates of `proj` read (None: the shared attention output `context`,
+        as in MTLoRA); `normed` is the block's input after norm1. TADFormer overrides it."""
+        return None
+
     def forward(self, x: Tensor) -> TaskStreams:
         blk, mlp = self.block, self.block.mlp
-        context = blk._attn(blk.norm1(x))
-        attn, attn_t = self.proj(context)
+        normed = blk.norm1(x)
+        context = blk._attn(normed)
+        attn, attn_t = self.proj(context, self.proj_task_inputs(normed, context))
         shared = x + blk.drop_path1(self.proj_drop(attn))
         streams = {t: x + blk.drop_path1(self.proj_drop(a)) for t, a in attn_t.items()}
 
@@ -120,6 +144,7 @@ class MTLoRA(Method):
         task_rank: int = 4,
         scale: float = 4.0,
         dropout: float = 0.05,
+        dora: bool = False,
     ):
         super().__init__(name)
         if rank < 1 or task_rank < 1:
@@ -128,23 +153,35 @@ class MTLoRA(Method):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.rank, self.task_rank = int(rank), int(task_rank)
         self.scale, self.dropout = float(scale), float(dropout)
+        if not isinstance(dora, bool):
+            raise ValueError(f"dora must be true or false, got {dora!r}")
+        self.dora = dora
         self.paper_trainable_m = (
-            self.PAPER_TRAINABLE_M.get(self.rank) if self.task_rank == 4 else None
+            self.PAPER_TRAINABLE_M.get(self.rank) if self.task_rank == 4 and not dora else None
         )
 
     @property
     def label(self) -> str:
         suffix = "" if self.task_rank == 4 else f" task_r={self.task_rank}"
-        return f"{self.short_name} r={self.rank}{suffix}"
+        dora = " dora" if self.dora else ""
+        return f"{self.short_name}{dora} r={self.rank}{suffix}"
 
     def options(self) -> dict:
-        return {
+        options = {
             "rank": self.rank, "task_rank": self.task_rank,
             "scale": self.scale, "dropout": self.dropout,
         }
+        if self.dora:  # absent when false, so the records of plain MTLoRA are unchanged
+            options["dora"] = True
+        return options
 
     def _ta_lora(self, linear: nn.Linear) -> LoRALinear:
-        return LoRALinear(linear, self.rank, self.scale, self.dropout)
+        layer = DoRALinear if self.dora else LoRALinear
+        return layer(linear, self.rank, self.scale, self.dropout)
+
+    def task_stream_block(self, block: nn.Module) -> TaskStreamBlock:
+        """The module that runs the last block of a stage (TADFormer overrides it)."""
+        return TaskStreamBlock(block)
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
         freeze(backbone)
@@ -156,7 +193,8 @@ class MTLoRA(Method):
                     p.requires_grad_(True)
 
         def ts_lora(linear: nn.Linear) -> MultiTaskLoRALinear:
-            return MultiTaskLoRALinear(
+            layer = MultiTaskDoRALinear if self.dora else MultiTaskLoRALinear
+            return layer(
                 linear, self.rank, tasks, self.task_rank, self.scale, self.scale, self.dropout
             )
 
@@ -168,7 +206,7 @@ class MTLoRA(Method):
             inject(last, ["attn.qkv"], self._ta_lora)
             for block in stage.blocks[:-1]:
                 inject(block, TA_TARGETS, self._ta_lora)
-            stage.blocks[-1] = TaskStreamBlock(last)
+            stage.blocks[-1] = self.task_stream_block(last)
             if isinstance(stage.merge, nn.Identity):
                 continue
             if self.adapt_merging:

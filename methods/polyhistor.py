@@ -103,9 +103,10 @@ from methods.adapters import (
     TaskAdapter,
     TaskLayerEmbedding,
     TaskWeight,
+    bottleneck_width,
     insert_adapters,
 )
-from methods.base import Method, freeze
+from methods.base import Method, freeze, positive_ints
 
 # The up-projection starts this much smaller than a fan-in initialisation (near identity).
 UP_GAIN = 1e-2
@@ -152,8 +153,8 @@ class DecomposedHyperNetworks(nn.Module):
         widths = [next(s.dim for s in sites if s.stage == i) for i in range(num_stages)]
         self.stages = nn.ModuleList(
             nn.ModuleDict({
-                "down": FactorHeads(hidden, d, _bottleneck(d, reduction), rank),
-                "up": FactorHeads(hidden, _bottleneck(d, reduction), d, rank, gain=UP_GAIN),
+                "down": FactorHeads(hidden, d, bottleneck_width(d, reduction), rank),
+                "up": FactorHeads(hidden, bottleneck_width(d, reduction), d, rank, gain=UP_GAIN),
             })
             for d in widths
         )
@@ -196,7 +197,7 @@ class LiteHyperNetworks(nn.Module):
                 raise ValueError(f"width {site.dim} is not a multiple of the template {template}")
         if template % reduction:
             raise ValueError(f"reduction {reduction} does not divide the template width {template}")
-        small = _bottleneck(template, reduction)
+        small = bottleneck_width(template, reduction)
         self.embedding = TaskLayerEmbedding(num_tasks, len(sites), embed_dim, hidden)
         self.down = FactorHeads(hidden, template, small, rank)
         self.up = FactorHeads(hidden, small, template, rank, gain=UP_GAIN)
@@ -216,12 +217,6 @@ class LiteHyperNetworks(nn.Module):
         return weights
 
 
-def _bottleneck(dim: int, reduction: int) -> int:
-    if dim // reduction < 1:
-        raise ValueError(f"reduction {reduction} leaves no bottleneck for width {dim}")
-    return dim // reduction
-
-
 class Polyhistor(Method):
     """Task-specific adapters from decomposed hypernetworks, one set of heads per stage."""
 
@@ -237,10 +232,7 @@ class Polyhistor(Method):
         name: str | None = None,
     ):
         super().__init__(name or "polyhistor")
-        for key, value in (("reduction", reduction), ("rank", rank),
-                           ("embed_dim", embed_dim), ("hidden", hidden)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value}")
+        positive_ints(reduction=reduction, rank=rank, embed_dim=embed_dim, hidden=hidden)
         if tasks_per_pass is not None and tasks_per_pass < 1:
             raise ValueError(f"tasks_per_pass must be >= 1 or null, got {tasks_per_pass}")
         self.reduction = int(reduction)

@@ -48,15 +48,16 @@ def test_invalid_values_exit_2_without_traceback(tmp_path, override, needle):
 @pytest.mark.slow
 def test_smoke_sweep_writes_valid_records_with_delta_m(tmp_path):
     results = tmp_path / "results"
-    # no method named: the default sweep, every method of the suite
+    # no method named: the methods of the sweep preset, here every method of the suite
     proc = run_cli(
-        "benchmark.run", *SMOKE, f"results_dir={results}", "progress=false", cwd=tmp_path,
+        "benchmark.run", *SMOKE, "sweep=full", f"results_dir={results}", "progress=false",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     records = {r["method"]: r for _, r in iter_records(results)}
     from benchmark.run import sweep_methods
 
-    assert set(records) == set(sweep_methods("default"))
+    assert set(records) == set(sweep_methods("full"))
     assert len(list(iter_records(results))) == len(records)  # the reference trained once
     tasks = ["semseg", "human_parts", "sal", "normals"]
     for name, r in records.items():
@@ -114,10 +115,13 @@ def test_report_without_results_exits_2(tmp_path):
     assert proc.returncode == 2 and "no results directory" in proc.stderr
 
 
-def test_the_default_sweep_runs_every_method():
+def test_the_full_sweep_runs_every_method_and_the_default_the_papers_main_rows():
     from benchmark.run import choices, sweep_methods
 
-    assert set(sweep_methods("default")) == set(choices("method")) - {"custom"}
+    full, default = sweep_methods("full"), sweep_methods("default")
+    assert set(full) == set(choices("method")) - {"custom"} and len(full) == len(set(full))
+    assert set(default) < set(full)
+    assert {"single_task", "full_ft", "decoders_only", "mtlora"} <= set(default)
 
 
 def test_ci_runs_the_readme_test_command():

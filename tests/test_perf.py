@@ -20,11 +20,15 @@ def test_perf_rows_have_the_contract_fields_and_consistent_flops(tmp_path):
             assert key in row, key
         assert row["train_images_per_second"] > 0 and row["mfu"] > 0
         assert row["harness_vs_bare"] > 0
+        # the paper's budget, 300 epochs of 4,998 images, at the row's rate
+        hours = 300 * 4998 / row["train_images_per_second"] / 3600
+        assert abs(row["paper_budget_hours"] - hours) < 1e-9 * hours
     # a frozen backbone needs no weight gradients: fewer training FLOPs, same forward FLOPs
     full, frozen = rows["full_ft"], rows["decoders_only"]
     assert frozen["train_flops_per_image"] < full["train_flops_per_image"]
     assert frozen["forward_flops_per_image"] == full["forward_flops_per_image"]
-    assert "decoders_only" in (tmp_path / "reports" / "perf.md").read_text()
+    page = (tmp_path / "reports" / "perf.md").read_text()
+    assert "decoders_only" in page and "paper budget h" in page
 
 
 def test_perf_rejects_an_unknown_format(tmp_path):

@@ -17,8 +17,11 @@ augmentation on the whole batch, on the device, and converts it to the label for
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,9 +144,35 @@ class Split:
     sizes: Tensor | None = None
     ids: list[str] | None = None
     geometry: Geometry | None = None
+    # copies of the arrays on a device, by device name (`place_split`)
+    placed: dict[str, Split] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.arrays["image"].shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.numel() * a.element_size() for a in self.arrays.values())
+
+
+def place_split(split: Split, device: torch.device, share: float) -> Split:
+    """`split` with its arrays on the GPU `device` when they fit in `share` of its free
+    memory (counting what PyTorch holds cached but unused), else `split` as it is.
+
+    Batches are then gathered and augmented on the GPU with no copy from the host at all.
+    The copy is made once and kept with `split`, so the runs of a sweep share it.
+    """
+    if device.type != "cuda" or share <= 0:
+        return split
+    key = str(device)
+    if key not in split.placed:
+        free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if split.nbytes > share * free:
+            return split
+        arrays = {k: torch.as_tensor(v).to(device) for k, v in split.arrays.items()}
+        split.placed[key] = replace(split, arrays=arrays, placed={})
+    return split.placed[key]
 
 
 @dataclass
@@ -243,6 +272,21 @@ class BatchLoader:
     (real data) it also rotates and scales, and every batch is resized to the input size
     (`benchmark.data.transforms`). Batches of such splits carry `index`, the images'
     positions in the split, for `score_pairs`.
+
+    Across `world_size` processes (`benchmark.distributed`) every global step takes the next
+    `batch_size * world_size` images of the permutation and rank r the r-th share of them,
+    with the augmentation drawn for the whole global batch: the ranks' shards of an epoch
+    are disjoint, together they are exactly what one process with the global batch size
+    sees, and with `drop_last` every rank yields `len(self)` batches. Without `drop_last`
+    (evaluation) the last global batch is shared out evenly, so a rank may get one batch
+    fewer.
+
+    Where the arrays are decides how a batch reaches the device: arrays already on it
+    (`place_split`) are gathered there; arrays in host memory are gathered on the host,
+    copied to the device from pinned memory without blocking, and with `prefetch` > 0 a
+    background thread does this up to `prefetch` batches ahead (on CUDA on a stream of its
+    own, so the copy overlaps the computation). The conversion and augmentation always run
+    on `device`, batched.
     """
 
     def __init__(
@@ -257,6 +301,9 @@ class BatchLoader:
         drop_last: bool = False,
         max_batches: int | None = None,
         max_images: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 0,
     ):
         self.split = split
         self.tasks = list(tasks)
@@ -266,12 +313,17 @@ class BatchLoader:
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.rank = rank
+        self.world_size = world_size
+        self.prefetch = prefetch
         size = len(split) if max_images is None else min(len(split), max_images)
         self.size = size
-        batches = size // batch_size if drop_last else -(-size // batch_size)
+        step = batch_size * world_size
+        batches = size // step if drop_last else -(-size // step)
         if batches == 0:
+            per = f"{batch_size} x {world_size} processes" if world_size > 1 else batch_size
             raise UserError(
-                f"batch size {batch_size} is larger than the {size} training images; "
+                f"batch size {per} is larger than the {size} training images; "
                 "lower budget.batch_size or enlarge the dataset"
             )
         self.num_batches = batches if max_batches is None else min(batches, max_batches)
@@ -280,33 +332,132 @@ class BatchLoader:
         self._mean, self._std = mean, std
 
     def __len__(self) -> int:
+        """Global steps per epoch (with `drop_last`, the batches every rank yields)."""
         return self.num_batches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        plan = self._plan()
+        on_device = self.split.arrays["image"].device == self.device
+        if self.prefetch > 0 and not on_device:
+            yield from self._prefetched(plan)
+            return
+        for idx, aug in plan:
+            yield self._finish(self._to_device(self._gather(idx)), idx, aug)
+
+    def _plan(self) -> Iterator[tuple[Tensor, Tensor | Augmentation | None]]:
+        """This rank's batches: (image indices, augmentation draw or None), in order."""
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.shuffle:
             order = torch.randperm(self.size, generator=gen)
         else:
             order = torch.arange(self.size)
         geometry = self.split.geometry
+        step = self.batch_size * self.world_size
         for b in range(self.num_batches):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            if geometry is None:
-                flip = torch.rand(len(idx), generator=gen) < 0.5 if self.augment else None
-                yield self._batch(idx, flip)
-            else:
-                aug = Augmentation.draw(geometry, len(idx), gen) if self.augment else None
-                yield self._warped_batch(idx, aug)
+            idx = order[b * step : (b + 1) * step]
+            aug = None
+            if self.augment and geometry is None:
+                aug = torch.rand(len(idx), generator=gen) < 0.5  # horizontal flips
+            elif self.augment:
+                aug = Augmentation.draw(geometry, len(idx), gen)
+            share = -(-len(idx) // self.world_size)
+            mine = slice(self.rank * share, (self.rank + 1) * share)
+            idx = idx[mine]
+            if len(idx):
+                yield idx, None if aug is None else aug[mine]
 
-    def _batch(self, idx: Tensor, flip: Tensor | None) -> dict[str, Tensor]:
+    def _gather(self, idx: Tensor) -> dict[str, Tensor]:
+        """The stored arrays of images `idx` where the split keeps them; on a canvas split
+        cropped to the batch's largest image."""
         arrays = self.split.arrays
-        image = arrays["image"][idx].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        where = arrays["image"].device
+        index = idx.to(where, non_blocking=True)
+        crop = (slice(None), slice(None))
+        if self.split.geometry is not None:
+            sizes = self.split.sizes[idx]
+            crop = (slice(0, int(sizes[:, 0].max())), slice(0, int(sizes[:, 1].max())))
+        return {key: arrays[key][(index, *crop)] for key in ("image", *self.tasks)}
+
+    def _to_device(self, raw: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Host arrays to `device` without blocking the host (from pinned memory on CUDA)."""
+        if self.device.type != "cuda":
+            return {k: v.to(self.device) for k, v in raw.items()}
+        return {
+            k: v if v.is_cuda else v.pin_memory().to(self.device, non_blocking=True)
+            for k, v in raw.items()
+        }
+
+    def _prefetched(self, plan) -> Iterator[dict[str, Tensor]]:
+        """`__iter__` with gathering and copying done up to `prefetch` batches ahead in a
+        background thread; the batches and their order are the same."""
+        items: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                if cuda:
+                    # a new thread starts on GPU 0: without this, pinning and copying would
+                    # open a context there from every rank of a multi-GPU run
+                    torch.cuda.set_device(self.device)
+                with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                    for idx, aug in plan:
+                        raw = self._to_device(self._gather(idx))
+                        ready = None
+                        if cuda:
+                            ready = torch.cuda.Event()
+                            ready.record(stream)
+                        if not put((idx, aug, raw, ready)):
+                            return
+            except BaseException as err:  # handed to the consumer, which raises it
+                put(err)
+                return
+            put(None)
+
+        thread = threading.Thread(target=work, name="batch-prefetch", daemon=True)
+        thread.start()
+        try:
+            while (item := items.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                idx, aug, raw, ready = item
+                if ready is not None:
+                    # the copy ran on the prefetch stream: wait for it on this one, and tell
+                    # the allocator that this stream uses the memory it filled
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_event(ready)
+                    for value in raw.values():
+                        value.record_stream(current)
+                yield self._finish(raw, idx, aug)
+        finally:
+            stop.set()
+            thread.join()
+
+    def _finish(
+        self, raw: dict[str, Tensor], idx: Tensor, aug: Tensor | Augmentation | None
+    ) -> dict[str, Tensor]:
+        if self.split.geometry is None:
+            return self._batch(raw, aug)
+        return self._warped_batch(raw, idx, aug)
+
+    def _batch(self, raw: dict[str, Tensor], flip: Tensor | None) -> dict[str, Tensor]:
+        image = raw["image"].permute(0, 3, 1, 2)
         batch = {"image": (image.float() - self._mean) / self._std}
         for task in self.tasks:
-            label = arrays[task][idx].to(self.device, non_blocking=True)
+            label = raw[task]
             if task == "normals":
                 label = label.permute(0, 3, 1, 2).float()
             elif task == "depth":
@@ -315,7 +466,7 @@ class BatchLoader:
                 label = label.long()
             batch[task] = label
         if flip is not None and bool(flip.any()):
-            flip = flip.to(self.device)
+            flip = flip.to(self.device, non_blocking=True)
             for key, value in batch.items():
                 flipped = value.flip(-1)
                 if key == "normals":
@@ -324,27 +475,28 @@ class BatchLoader:
                 batch[key] = torch.where(mask, flipped, value)
         return batch
 
-    def _warped_batch(self, idx: Tensor, aug: Augmentation | None) -> dict[str, Tensor]:
-        """Gather from the canvas (cropped to the batch's largest image); sample the image
-        bilinearly and pick every label at the nearest source pixel, so the labels are
-        converted to their formats at the output size only."""
+    def _warped_batch(
+        self, raw: dict[str, Tensor], idx: Tensor, aug: Augmentation | None
+    ) -> dict[str, Tensor]:
+        """Sample the image (gathered from the canvas, cropped to the batch's largest
+        image) bilinearly and pick every label at the nearest source pixel, so the labels
+        are converted to their formats at the output size only."""
         split, geometry, device = self.split, self.split.geometry, self.device
         n = len(idx)
         sizes = split.sizes[idx]
-        h, w = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+        h, w = raw["image"].shape[1:3]
         if aug is None:
             aug = Augmentation.identity(n)
         grid, valid = sampling_grid(sizes, (h, w), geometry.size, aug, device)
-        raw = split.arrays["image"][idx, :h, :w].to(device, non_blocking=True)
         image = F.grid_sample(
-            raw.permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="border",
-            align_corners=False,
+            raw["image"].permute(0, 3, 1, 2).float(), grid, mode="bilinear",
+            padding_mode="border", align_corners=False,
         )
         batch = {"image": torch.where(valid, (image - self._mean) / self._std, 0.0)}
         source = nearest_indices(grid, (h, w)).view(n, -1, 1)
         out = (n, geometry.size, geometry.size)
         for task in self.tasks:
-            stored = split.arrays[task][idx, :h, :w].to(device, non_blocking=True)
+            stored = raw[task]
             channels = stored.shape[3] if stored.dim() == 4 else 1
             picked = stored.reshape(n, h * w, channels).gather(1, source.expand(-1, -1, channels))
             picked = picked.view(*out, channels) if stored.dim() == 4 else picked.view(out)

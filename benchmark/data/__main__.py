@@ -8,12 +8,10 @@ the copy is complete, 2 otherwise.
 
 from __future__ import annotations
 
-import os
 import sys
-import traceback
 from collections.abc import Sequence
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, report_user_error
 
 USAGE = "usage: python -m benchmark.data verify dataset=pascal_context|nyud dataset.root=DIR"
 
@@ -60,10 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"unknown command {command!r}; {USAGE}")
         return verify(rest)
     except UserError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     except KeyboardInterrupt:
         return 130
 

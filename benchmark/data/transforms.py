@@ -67,6 +67,10 @@ class Augmentation:
     angle: Tensor  # (N,) degrees; positive turns the content clockwise on screen
     scale: Tensor  # (N,) > 1 zooms in
 
+    def __getitem__(self, index: slice) -> Augmentation:
+        """The draws of some of the images (a rank's share of a global batch)."""
+        return Augmentation(self.flip[index], self.angle[index], self.scale[index])
+
     @classmethod
     def identity(cls, n: int) -> Augmentation:
         return cls(torch.zeros(n, dtype=torch.bool), torch.zeros(n), torch.ones(n))
@@ -112,11 +116,14 @@ def sampling_grid(
         dim=1,
     ).float()
     n = sizes.shape[0]
-    grid = F.affine_grid(theta.to(device), [n, 1, size, size], align_corners=False)
+    theta = theta.to(device, non_blocking=True)
+    grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
     # Back to canvas pixels: inside the image where 0 <= x < w and 0 <= y < h.
     x = (grid[..., 0] + 1) * (big_w / 2)
     y = (grid[..., 1] + 1) * (big_h / 2)
-    w_dev, h_dev = w.float().to(device).view(n, 1, 1), h.float().to(device).view(n, 1, 1)
+    # small host tensors: copied without blocking, so batches never wait for the GPU
+    w_dev = w.float().to(device, non_blocking=True).view(n, 1, 1)
+    h_dev = h.float().to(device, non_blocking=True).view(n, 1, 1)
     valid = (x >= 0) & (x < w_dev) & (y >= 0) & (y < h_dev)
     return grid, valid.unsqueeze(1)
 
@@ -150,5 +157,7 @@ def normals_rotation(aug: Augmentation, normals_y: str) -> Tensor:
 
 def rotate_normals(normals: Tensor, matrices: Tensor) -> Tensor:
     """Apply (N, 2, 2) `matrices` to the (x, y) channels of (N, 3, H, W) `normals`."""
-    xy = torch.einsum("nij,njhw->nihw", matrices.to(normals.device), normals[:, :2])
+    xy = torch.einsum(
+        "nij,njhw->nihw", matrices.to(normals.device, non_blocking=True), normals[:, :2]
+    )
     return torch.cat([xy, normals[:, 2:]], dim=1)

@@ -1,0 +1,486 @@
+"""HyperFormer, DoRA (and MTLoRA with DoRA), TADFormer: counts, identity at zero init,
+trainability, the DoRA layers' algebra, the TADFormer operators, overfitting, the CLI."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark.errors import UserError
+from benchmark.records import iter_records
+from benchmark.run import compose_all, expand
+from methods.adapters import HyperEncoder
+from methods.dora import DoRA
+from methods.hyperformer import HyperFormer
+from methods.lowrank import (
+    DoRALinear,
+    LowRank,
+    MultiTaskDoRALinear,
+    MultiTaskLoRALinear,
+    lora_layers,
+    merge_lora,
+    row_norm,
+)
+from methods.mtlora import MTLoRA, MTLoRAPlus
+from methods.tadformer import DynamicLowRank, TADFormer, TaskAdaptingBlock
+from tests.conftest import SMALL_DATA, run_cli
+from tests.test_lora import (
+    PASCAL_SWIN_T,
+    TASKS,
+    assert_same_features,
+    check_gradients,
+    check_overfits,
+    model_with,
+    one_thread,  # noqa: F401 (autouse fixture)
+    params_of,
+    randomise,
+)
+from tests.test_model import tiny_backbone
+from tests.test_mtlora import UNUSED, shared_streams
+
+# Swin-T (SPEC 2.1): block widths, stage widths, decoders for PASCAL (SPEC 2.2), and what
+# MTLoRA trains besides its low-rank factors (SPEC 3.1).
+SWIN_T_BLOCKS = [96] * 2 + [192] * 2 + [384] * 6 + [768] * 2
+SWIN_T_STAGES = [96, 192, 384, 768]
+DECODERS = 1_946_624
+MTLORA = {16: 4_953_146, 32: 6_083_642, 64: 8_344_634}
+MTLORA_PLUS = {16: 3_469_370, 32: 4_664_378, 64: 7_054_394}
+TS_LORA = 276_480  # task_rank 4, four tasks: proj, fc1, fc2 of the four last blocks
+
+
+def expected_hyperformer(reduction=2, embed_dim=128, hidden=89, tasks=4) -> int:
+    # task, layer (one per block) and position (2) embeddings; one projection to `hidden`;
+    # per stage a head for the whole down (d x m, + m bias) and up (m x d, + d) matrices
+    embeddings = (tasks + len(SWIN_T_BLOCKS) + 2) * embed_dim
+    projection = 3 * embed_dim * hidden + hidden
+    heads = sum(
+        (hidden + 1) * (2 * d * (d // reduction) + d // reduction + d) for d in SWIN_T_STAGES
+    )
+    return embeddings + projection + heads + DECODERS
+
+
+def expected_dora(rank=35) -> int:
+    # LoRA on qkv (C -> 3C) and proj (C -> C): r (C + 3C) + r (C + C); a magnitude per
+    # output: 3C + C
+    return sum(rank * 6 * d + 4 * d for d in SWIN_T_BLOCKS) + DECODERS
+
+
+def dora_magnitudes(plus: bool) -> int:
+    # one per output of qkv (3C), proj (C), fc1 (4C), fc2 (C) in every block; MTLoRA+ also
+    # adapts the merging reductions (4C -> 2C) of the first three stages
+    reductions = sum(2 * d for d in SWIN_T_STAGES[:3]) if plus else 0
+    return sum(9 * d for d in SWIN_T_BLOCKS) + reductions
+
+
+def expected_tadformer(rank=64, task_rank=4, prompts=55, kernel=3, tasks=4) -> int:
+    # MTLoRA+ without its TS-LoRA, then per task and last block: the TA-modules' down and
+    # up (as TS-LoRA), a DTF generator per TA-module (rank -> rank k^2, with bias), and the
+    # stage's prompts
+    ta_modules = TS_LORA * task_rank // 4
+    generators = tasks * len(SWIN_T_STAGES) * 3 * (task_rank + 1) * task_rank * kernel**2
+    return (MTLORA_PLUS[rank] - TS_LORA + ta_modules + generators
+            + tasks * prompts * sum(SWIN_T_STAGES))
+
+
+def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
+    rows = {r["method"]: r for r in params_of("method=hyperformer,dora,tadformer", *PASCAL_SWIN_T)}
+    assert expected_hyperformer() == 72_679_993  # paper 72.77 M
+    assert expected_dora() == 2_891_648  # lora's 2,873,984 + 17,664 magnitudes
+    assert expected_tadformer() == 7_379_834  # paper 7.38 M
+    expected = {
+        "hyperformer": (expected_hyperformer(), "hyperformer reduction=2", 72.77, "per_task"),
+        "dora": (expected_dora(), "dora r=35", None, "shared"),
+        "tadformer": (expected_tadformer(), "tadformer r=64", 7.38, "task_streams"),
+    }
+    for method, (trainable, label, paper, mode) in expected.items():
+        row = rows[method]
+        assert (row["trainable"], row["label"]) == (trainable, label), method
+        assert (row["paper_trainable_m"], row["encoder_mode"]) == (paper, mode), method
+        assert row["decoders"] == DECODERS
+
+
+def test_options_change_the_counts_as_the_formulas_say():
+    rows = params_of("method=tadformer", "method.rank=16", "method.prompts=2",
+                     "method.kernel_size=5", *PASCAL_SWIN_T)
+    assert rows[0]["trainable"] == expected_tadformer(rank=16, prompts=2, kernel=5)
+    assert rows[0]["paper_trainable_m"] is None
+    rows = params_of("method=hyperformer", "method.reduction=4", "method.hidden=8",
+                     *PASCAL_SWIN_T)
+    assert rows[0]["trainable"] == expected_hyperformer(reduction=4, hidden=8)
+    rows = params_of("method=dora", "method.rank=8", *PASCAL_SWIN_T)
+    assert rows[0]["trainable"] == expected_dora(8)
+
+
+def test_mtlora_counts_without_dora_stay_exact_and_dora_adds_the_magnitudes():
+    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,32,64", "method.dora=false",
+                     *PASCAL_SWIN_T)
+    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
+    assert got == {
+        **{("mtlora", f"mtlora r={r}"): n for r, n in MTLORA.items()},
+        **{("mtlora_plus", f"mtlora+ r={r}"): n for r, n in MTLORA_PLUS.items()},
+    }
+    assert dora_magnitudes(plus=False) == 39_744 and dora_magnitudes(plus=True) == 41_088
+    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,64", "method.dora=true",
+                     *PASCAL_SWIN_T)
+    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
+    assert got == {
+        ("mtlora", "mtlora dora r=16"): MTLORA[16] + dora_magnitudes(plus=False),
+        ("mtlora", "mtlora dora r=64"): MTLORA[64] + dora_magnitudes(plus=False),
+        ("mtlora_plus", "mtlora+ dora r=16"): MTLORA_PLUS[16] + dora_magnitudes(plus=True),
+        ("mtlora_plus", "mtlora+ dora r=64"): MTLORA_PLUS[64] + dora_magnitudes(plus=True),
+    }
+    assert all(r["paper_trainable_m"] is None and r["encoder_mode"] == "task_streams"
+               for r in rows)
+
+
+def test_options_and_invalid_values():
+    assert MTLoRA(dora=True).options() == {
+        "rank": 16, "task_rank": 4, "scale": 4.0, "dropout": 0.05, "dora": True
+    }
+    assert TADFormer().options() == {
+        "rank": 64, "task_rank": 4, "scale": 4.0, "dropout": 0.05, "prompts": 55,
+        "kernel_size": 3,
+    }
+    assert HyperFormer().options() == {
+        "reduction": 2, "embed_dim": 128, "hidden": 89, "tasks_per_pass": None
+    }
+    assert DoRA(rank=8, alpha=16).scale == 2.0
+    bad = {
+        "hyperformer": ["method.hidden=0", "method.reduction=0", "method.tasks_per_pass=0"],
+        "dora": ["method.rank=0", "method.dropout=1.5", "method.targets=[qkv,fc3]"],
+        "tadformer": ["method.rank=0", "method.task_rank=0", "method.prompts=0",
+                      "method.kernel_size=4"],
+        "mtlora": ["method.dora=maybe"],
+    }
+    for method, overrides in bad.items():
+        for override in overrides:
+            with pytest.raises(UserError, match=f"method {method}: .*"):
+                compose_all(expand([f"method={method}", override]))
+
+
+# --- identity at zero init, trainability, overfitting ------------------------------------
+
+
+def _zero_generated_up(encoder: HyperEncoder) -> None:
+    with torch.no_grad():
+        for heads in encoder.generator.stages:
+            for p in heads["up"].parameters():
+                p.zero_()
+
+
+BUILD = {  # tiny versions of each method, by name
+    "hyperformer": lambda: HyperFormer(),
+    "dora": lambda: DoRA(rank=4),
+    "tadformer": lambda: TADFormer(rank=4, task_rank=2, prompts=3),
+    "mtlora+dora": lambda: MTLoRA(rank=4, task_rank=2, dora=True),
+    "mtlora++dora": lambda: MTLoRAPlus(rank=4, task_rank=2, dora=True),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILD))
+def test_zero_initialised_updates_give_the_frozen_backbone_features(name):
+    x = torch.randn(2, 3, 32, 32)
+    plain = tiny_backbone().eval()
+    encoder = BUILD[name]().build_encoder(tiny_backbone(), TASKS).eval()
+    if name == "hyperformer":  # its up heads start small, not zero (every weight trains)
+        with torch.no_grad():
+            assert not torch.allclose(encoder(x)["semseg"][0], plain(x, ["x"])["x"][0])
+        _zero_generated_up(encoder)
+    with torch.no_grad():
+        assert_same_features(encoder(x), plain(x, TASKS))  # every task, every stage
+
+
+def _trainable(model) -> set[str]:
+    return {n for n, p in model.encoder.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("name", list(BUILD))
+def test_frozen_parameters_get_no_gradient_and_every_trainable_one_does(name):
+    backbone = tiny_backbone(64)
+    model = model_with(BUILD[name]().build_encoder(backbone, TASKS), backbone)
+    randomise(model)  # B != 0 (LoRA, TS-LoRA, TA-modules), so that A and the rest see a signal
+    names = dict(model.encoder.named_parameters())
+    trainable = _trainable(model)
+    if name == "hyperformer":
+        assert trainable == {n for n in names if n.startswith("generator.")}
+    elif name == "dora":
+        assert trainable == {n for n in names if ".lora." in n or n.endswith(".magnitude")}
+        assert sum(n.endswith(".magnitude") for n in trainable) == 2 * 8
+    else:  # the MTLoRA family: nothing frozen in it becomes trainable, plus its own parts
+        frozen_linears = {n for n in names if n.endswith(("base.weight", "base.bias"))}
+        assert not trainable & frozen_linears
+        reductions = {n for n in names if ".reduction." in n and n in trainable}
+        if name == "mtlora+dora":  # MTLoRA trains the merging reductions in full
+            assert len(reductions) == 3 and all(n.endswith("reduction.weight") for n in reductions)
+        else:  # MTLoRA+ and TADFormer adapt them
+            assert all(".lora." in n or n.endswith(".magnitude") for n in reductions)
+        if name == "tadformer":
+            assert sum(n.endswith(".prompts") for n in trainable) == 4
+            assert sum(".kernels." in n for n in trainable) == 4 * 3 * len(TASKS) * 2
+        else:
+            magnitudes = {n for n in trainable if n.endswith(".magnitude")}
+            dora_layers = [m for m in model.modules()
+                           if isinstance(m, (DoRALinear, MultiTaskDoRALinear))]
+            assert len(magnitudes) == len(dora_layers) == 4 * 8 + (3 if "++" in name else 0)
+    # MTLoRA's exception: the shared fc2 update of the very last block reaches no decoder;
+    # its magnitude (DoRA) is shared with the task outputs and does train.
+    check_gradients(model, unused=UNUSED if name != "hyperformer" and name != "dora" else ())
+    if name == "mtlora+dora":
+        assert names["backbone.stages.3.blocks.1.block.mlp.fc2.magnitude"].grad is not None
+
+
+@pytest.mark.parametrize("name", list(BUILD))
+def test_overfits_a_tiny_batch(name):
+    backbone = tiny_backbone()
+    model = model_with(BUILD[name]().build_encoder(backbone, TASKS), backbone)
+    check_overfits(model)
+    for pname, p in model.named_parameters():  # the zero-initialised parts have moved
+        if pname.endswith((".b", ".kernels.weight")) and not pname.startswith(UNUSED):
+            assert p.abs().sum() > 0, pname
+
+
+# --- DoRA layers ------------------------------------------------------------------------
+
+
+def _dora_reference(base: nn.Linear, m: torch.Tensor, lora: LowRank, x: torch.Tensor):
+    direction = base.weight + lora.delta_weight()
+    weight = m.unsqueeze(1) * direction / direction.norm(dim=1, keepdim=True)
+    return nn.functional.linear(x, weight, base.bias)
+
+
+def test_dora_linear_starts_frozen_follows_the_decomposition_and_merges():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 20)
+    layer = DoRALinear(copy.deepcopy(base), rank=3, scale=2.0, dropout=0.1).eval()
+    assert lora_layers(nn.Sequential(layer)) == [layer]  # a LoRA layer: merge_lora finds it
+    assert layer.magnitude.requires_grad and not layer.base.weight.requires_grad
+    # the magnitude is the norm of each output's weights: one per output feature
+    torch.testing.assert_close(layer.magnitude, base.weight.norm(dim=1))
+    assert row_norm(base.weight).shape == (20,)
+    x = torch.randn(4, 7, 12)
+    torch.testing.assert_close(layer(x), base(x), atol=0, rtol=0)  # B = 0: exactly frozen
+
+    randomise(layer)
+    with torch.no_grad():
+        layer.magnitude.mul_(torch.linspace(0.5, 1.5, 20))
+    expected = _dora_reference(base, layer.magnitude, layer.lora, x)
+    torch.testing.assert_close(layer(x), expected)
+    effective = layer.base.weight + layer.delta_weight()  # W + delta is the layer's weight
+    torch.testing.assert_close(nn.functional.linear(x, effective, base.bias), expected)
+    assert merge_lora(nn.Sequential(layer)) == 1 and layer.merged
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.base(x), expected)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, base.weight)
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_dora_magnitude_and_factors_train_and_the_norm_is_a_constant():
+    torch.manual_seed(0)
+    layer = DoRALinear(nn.Linear(8, 6), rank=2, scale=1.0)
+    x = torch.randn(5, 8)
+    layer(x).pow(2).sum().backward()
+    assert layer.magnitude.grad.abs().min() > 0  # every output's magnitude trains
+    assert layer.lora.b.grad.abs().sum() > 0
+    assert layer.base.weight.grad is None
+    # the norm is detached (Sec. 4.3 of the paper): the gradient of B is that of
+    # ratio * (W x + B A x) with the ratio held fixed
+    randomise(layer)
+    layer.zero_grad()
+    out = layer(x)
+    out.pow(2).sum().backward()
+    ratio = layer.ratio().detach()
+    b = layer.lora.b.detach().clone().requires_grad_(True)
+    y = (nn.functional.linear(x, layer.base.weight)
+         + nn.functional.linear(x @ layer.lora.a.detach().T, b)) * ratio + layer.base.bias
+    y.pow(2).sum().backward()
+    torch.testing.assert_close(layer.lora.b.grad, b.grad)
+    # doubling the magnitude doubles the output without its bias
+    with torch.no_grad():
+        before = layer(x) - layer.base.bias
+        layer.magnitude.mul_(2)
+        torch.testing.assert_close(layer(x) - layer.base.bias, 2 * before)
+
+
+def test_multi_task_dora_normalises_each_output_with_the_shared_magnitude():
+    torch.manual_seed(0)
+    base = nn.Linear(10, 6)
+    tasks = ["semseg", "sal"]
+    layer = MultiTaskDoRALinear(copy.deepcopy(base), 3, tasks, 2, scale=4.0).eval()
+    assert isinstance(layer, MultiTaskLoRALinear)
+    x = torch.randn(2, 4, 10)
+    task_x = {t: torch.randn(2, 4, 10) for t in tasks}
+    shared, per_task = layer(x, task_x)
+    torch.testing.assert_close(shared, base(x), atol=0, rtol=0)
+    for t in tasks:
+        torch.testing.assert_close(per_task[t], base(x), atol=0, rtol=0)
+    randomise(layer)
+    with torch.no_grad():
+        layer.magnitude.mul_(1.3)
+        shared, per_task = layer(x, task_x)
+    torch.testing.assert_close(shared, _dora_reference(base, layer.magnitude, layer.shared, x))
+    for t in tasks:
+        # the frozen product reads x, the task update x_t, the task direction its own norm
+        lora = layer.task_lora[t]
+        direction = base.weight + lora.delta_weight()
+        ratio = layer.magnitude / direction.norm(dim=1)
+        expected = (x @ base.weight.T + lora(task_x[t])) * ratio + base.bias
+        torch.testing.assert_close(per_task[t], expected)
+
+
+# --- HyperFormer --------------------------------------------------------------------------
+
+
+def test_hyperformer_generates_whole_matrices_per_task_and_batches_the_tasks():
+    backbone = tiny_backbone().eval()
+    encoder = HyperFormer().build_encoder(backbone, TASKS)
+    assert isinstance(encoder, HyperEncoder) and encoder.mode == "per_task"
+    weights = encoder.generator()
+    assert len(weights) == 2 * 8  # two adapters in each of the 8 blocks
+    for (down, up), d in zip(weights, [32] * 4 + [64] * 4 + [128] * 4 + [256] * 4):
+        assert down.right is None and up.right is None  # one projection, no factors
+        assert down.left.shape == (len(TASKS), d, d // 2) and up.left.shape == (4, d // 2, d)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = encoder(x)
+        for i, task in enumerate(TASKS):
+            with encoder.weights.hold(encoder.generator()), encoder.context.bind(
+                torch.full((2,), i)
+            ):
+                alone = backbone(x, ["x"])["x"]
+            for a, b in zip(out[task], alone):
+                torch.testing.assert_close(a, b)
+    assert not torch.allclose(out["semseg"][-1], out["normals"][-1])
+
+
+def test_hyperformer_adam_step_moves_generated_weights_at_the_pace_of_direct_ones():
+    torch.manual_seed(0)
+    backbone = tiny_backbone()
+    model = model_with(HyperFormer().build_encoder(backbone, TASKS), backbone)
+    generator = model.encoder.generator
+    lr = 1e-3
+
+    def generated() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [t.clone() for pair in generator() for w in pair for t in (w.left, w.bias)]
+
+    before = generated()
+    check_gradients(model, size=32)
+    torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr).step()
+    steps = [(a - b).abs().max().item() / lr for a, b in zip(generated(), before)]
+    assert min(steps) > 0.1 and max(steps) < 10, steps  # a direct weight moves by lr
+
+
+# --- TADFormer ----------------------------------------------------------------------------
+
+
+def test_dynamic_task_filter_is_per_sample_and_starts_as_the_identity():
+    torch.manual_seed(0)
+    module = DynamicLowRank(6, 5, rank=3, scale=2.0, kernel_size=3)
+    plain = LowRank(6, 5, rank=3, scale=2.0)
+    with torch.no_grad():
+        module.b.normal_()
+        plain.a.copy_(module.a)
+        plain.b.copy_(module.b)
+    x = torch.randn(4, 5, 7, 6)
+    torch.testing.assert_close(module(x), plain(x))  # zero generator: identity filter
+    with torch.no_grad():
+        module.kernels.weight.normal_()
+        module.kernels.bias.normal_()
+    batched = module(x)
+    assert not torch.allclose(batched, plain(x))
+    for i in range(4):  # each sample's kernels come from that sample alone
+        torch.testing.assert_close(batched[i : i + 1], module(x[i : i + 1]))
+    # the filter of a sample, by hand: kernels from its pooled low-rank features
+    h = x[:1] @ module.a.T
+    k = module.kernels(h.mean(dim=(1, 2))).view(3, 1, 3, 3)
+    conv = nn.functional.conv2d(h.permute(0, 3, 1, 2), k, padding=1, groups=3)
+    expected = (h + conv.permute(0, 2, 3, 1)) @ module.b.T * 2.0
+    torch.testing.assert_close(batched[:1], expected)
+    with pytest.raises(ValueError, match="token grid"):
+        module(torch.randn(2, 9, 6))
+
+
+def test_tadformer_task_attention_shares_every_token_among_the_tasks():
+    backbone = tiny_backbone()
+    encoder = TADFormer(rank=4, task_rank=2, prompts=3).build_encoder(backbone, TASKS)
+    randomise(encoder)
+    block = backbone.stages[0].blocks[-1]
+    assert isinstance(block, TaskAdaptingBlock) and block.prompts.shape == (4, 3, 32)
+    normed = torch.randn(2, 8, 8, 32)
+    with torch.no_grad():
+        block.prompts.normal_()
+        maps = block.task_attention(normed)
+    assert maps.shape == (2, 8, 8, len(TASKS)) and maps.min() >= 0
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 8, 8))
+    assert not torch.allclose(maps[0, 0, 0], maps[0, 3, 5])  # tokens are drawn unevenly
+    with torch.no_grad():
+        block.prompts[1:].copy_(block.prompts[:1].expand_as(block.prompts[1:]))
+        torch.testing.assert_close(block.task_attention(normed), torch.full_like(maps, 0.25))
+    ts = [m for layer in encoder.modules() if isinstance(layer, MultiTaskLoRALinear)
+          for m in layer.task_lora.values()]
+    assert len(ts) == 4 * 3 * len(TASKS) and all(isinstance(m, DynamicLowRank) for m in ts)
+
+
+def test_tadformer_shared_stream_is_mtlora_plus_and_tasks_differ_through_their_modules():
+    x = torch.randn(2, 3, 32, 32)
+    reference = MTLoRAPlus(rank=4, task_rank=2).build_encoder(tiny_backbone(), TASKS).eval()
+    randomise(reference)  # TA-LoRA and TS-LoRA non-zero
+    encoder = TADFormer(rank=4, task_rank=2, prompts=3).build_encoder(tiny_backbone(), TASKS)
+    encoder.eval()
+    # the same weights; TADFormer's TA-modules get TS-LoRA's factors; its own parts remain
+    missing, unexpected = encoder.load_state_dict(reference.state_dict(), strict=False)
+    assert not unexpected and missing
+    assert all(k.endswith(("prompts", "kernels.weight", "kernels.bias")) for k in missing)
+    features_ref, shared_ref = shared_streams(reference, x)
+    features, shared = shared_streams(encoder, x)
+    # with the generators at zero the filters are the identity: the TA-modules are TS-LoRA,
+    # and only the TPC weighting of proj's task input differs from MTLoRA+
+    assert not torch.allclose(features["semseg"][0], features_ref["semseg"][0])
+    with torch.no_grad():
+        for m in encoder.modules():
+            if isinstance(m, DynamicLowRank):
+                m.kernels.weight.normal_()
+        encoder.get_submodule("backbone.stages.0.blocks.1").prompts.normal_()
+    features_dtf, shared_dtf = shared_streams(encoder, x)
+    for a, b, c in zip(shared, shared_ref, shared_dtf, strict=True):
+        torch.testing.assert_close(a, b)  # the shared stream is MTLoRA+'s
+        torch.testing.assert_close(a, c)
+    for s in range(4):
+        assert not torch.allclose(features_dtf["semseg"][s], features["semseg"][s])
+        assert not torch.allclose(features_dtf["semseg"][s], features_dtf["normals"][s])
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_run_of_the_new_methods_through_the_command_line(tmp_path):
+    results = tmp_path / "results"
+    proc = run_cli(
+        "benchmark.run", "method=hyperformer,dora,tadformer", "budget=smoke", *SMALL_DATA,
+        f"results_dir={results}", "progress=false", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = {r["method"]: r for _, r in iter_records(results)}
+    labels = {"hyperformer": "hyperformer reduction=2", "dora": "dora r=35",
+              "tadformer": "tadformer r=64"}
+    for method, label in labels.items():
+        run = records[method]
+        assert run["status"] == "ok" and run["error"] is None, method
+        assert run["label"] == label and run["delta_m"] is not None, method
+
+
+@pytest.mark.slow
+def test_mtlora_with_dora_smoke_run_through_the_command_line(tmp_path):
+    results = tmp_path / "results"
+    proc = run_cli(
+        "benchmark.run", "method=mtlora", "method.dora=true", "budget=smoke", *SMALL_DATA,
+        f"results_dir={results}", "progress=false", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = {r["method"]: r for _, r in iter_records(results)}
+    run = records["mtlora"]
+    assert run["status"] == "ok" and run["label"] == "mtlora dora r=16"
+    assert run["method_config"]["dora"] is True and run["delta_m"] is not None
