@@ -1,4 +1,5 @@
-"""`python -m benchmark.perf [overrides] [format=json] [steps=N] [warmup=N]`: speed per method.
+"""`python -m benchmark.perf [overrides] [format=json] [steps=N] [warmup=N] [output_dir=DIR]`:
+speed per method.
 
 For every method (or the `method=` given), on synthetic inputs of the configuration's shape
 (image size of the dataset, `budget.batch_size`, the dataset's tasks): training images/s
@@ -19,7 +20,9 @@ It is an estimate for the paper's recipe only at the paper's shape (the second c
 
 Rows are printed as a table (or JSON lines with `format=json`) and appended to
 `results_dir/perf/perf.jsonl` as each method is measured (full fine-tuning first, so that
-every row carries `harness_vs_bare`); `reports/perf.md` is rewritten from that file.
+every row carries `harness_vs_bare`); `output_dir/perf.md` (default `reports/perf.md`) is
+rewritten from that file. A method that fails (out of memory, say) is named in one line and
+the others go on; the exit status is then 1.
 Performance figures come from this command, never from timed tests.
 """
 
@@ -45,7 +48,6 @@ from benchmark.run import choices, compose_all, expand
 from benchmark.tasks import IGNORE_INDEX
 from benchmark.train import autocast, param_groups, resolve_device
 
-REPORT_FILE = Path("reports") / "perf.md"
 # the paper's budget: 300 epochs of the 4,998 PASCAL-Context training images
 PAPER_BUDGET_IMAGES = 300 * 4_998
 
@@ -281,7 +283,7 @@ def write_report(rows: list[dict], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = {"format": "table", "steps": None, "warmup": None}
+    options = {"format": "table", "steps": None, "warmup": None, "output_dir": "reports"}
     rest = []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -321,8 +323,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # full fine-tuning first: its rate is every row's harness_vs_bare
     configs = sorted(configs, key=lambda c: c.method.name != "full_ft")
     full_rate = None
+    failures = []
     for cfg in tqdm(configs, desc="perf", unit="method", disable=len(configs) == 1):
-        row = {**measure(cfg, steps, warmup, rate), **stamp}
+        try:
+            row = {**measure(cfg, steps, warmup, rate), **stamp}
+        except Exception as err:  # noqa: BLE001 (one method's failure: the others go on)
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                err = RuntimeError(f"out of memory at budget.batch_size={cfg.budget.batch_size}")
+            failures.append(f"{cfg.method.name}: {type(err).__name__}: {_first_line(err)}")
+            tqdm.write(f"FAILED {failures[-1]}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         if row["method"] == "full_ft":
             full_rate = row["train_images_per_second"]
         row["harness_vs_bare"] = None if full_rate is None else full_rate / bare
@@ -332,10 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.write(json.dumps(row) + "\n")
         if options["format"] == "json":
             print(json.dumps(row))
+    report_file = Path(options["output_dir"]) / "perf.md"
     history = [json.loads(line) for line in perf_file.read_text().splitlines() if line.strip()]
-    write_report(history, REPORT_FILE)
+    write_report(history, report_file)
     full = [r for r in rows if r["method"] == "full_ft"]
-    if options["format"] == "table":
+    if options["format"] == "table" and rows:
         table = [
             [r["label"], f"{r['train_images_per_second']:.1f}",
              f"{r['inference_images_per_second']:.1f}",
@@ -348,8 +361,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               + ("–" if not full else f"{rows[0]['harness_vs_bare']:.2f}"))
         print(tabulate(table, headers=["method", "train img/s", "infer img/s", "peak MB",
                                        "train GFLOP/img", "MFU"]))
-    print(f"appended {len(rows)} rows to {perf_file}; wrote {REPORT_FILE}", file=sys.stderr)
+    print(f"appended {len(rows)} rows to {perf_file}; wrote {report_file}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} methods failed: " + "; ".join(failures), file=sys.stderr)
+        return 1
     return 0
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 if __name__ == "__main__":

@@ -26,14 +26,21 @@ from omegaconf import DictConfig, OmegaConf
 SCHEMA = 1
 # Keys that locate files rather than define the experiment.
 _NOT_IN_KEY = {"root", "cache_dir"}
+# Options added to a config group after records of it existed, with their default: at the
+# default they are left out of the key, so that a run keeps the key (and finds the record)
+# it had before the option existed; set to anything else they enter it.
+_ADDED_OPTIONS = {("method", "dora"): False}
 
 
 def run_key(cfg: DictConfig) -> str:
+    """A hash of the settings that define a run: the method, dataset, backbone and budget
+    groups and the seed (not where files live, not options at their added-later default)."""
     parts = {
         group: {
             k: v
             for k, v in OmegaConf.to_container(cfg[group], resolve=True).items()
             if k not in _NOT_IN_KEY
+            and not ((group, k) in _ADDED_OPTIONS and v == _ADDED_OPTIONS[group, k])
         }
         for group in ("method", "dataset", "backbone", "budget")
     }

@@ -159,7 +159,9 @@ class TaskAdaptingBlock(TaskStreamBlock):
         tasks, count = self.prompts.shape[:2]
         heads = attn.num_heads
         q = _rows(attn.qkv, normed, 0).reshape(n, height * width, heads, -1).transpose(1, 2)
-        prompts = self.block.norm1(self.prompts.reshape(tasks * count, dim))
+        # the parameter itself goes into the norm (the norm is per token): a view of a
+        # parameter made under no_grad trips PyTorch's module tracker (FLOP counting)
+        prompts = self.block.norm1(self.prompts).reshape(tasks * count, dim)
         k = _rows(attn.qkv, prompts, 1).reshape(tasks * count, heads, -1).transpose(0, 1)
         scores = (q * attn.scale) @ k.transpose(1, 2).to(q.dtype)  # (B, heads, N, T * count)
         share = scores.softmax(dim=-1).reshape(n, heads, height * width, tasks, count)

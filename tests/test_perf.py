@@ -2,7 +2,12 @@
 
 import json
 
+import pytest
+import torch
+
 from tests.conftest import run_cli
+
+CPU = torch.device("cpu")
 
 
 def test_perf_rows_have_the_contract_fields_and_consistent_flops(tmp_path):
@@ -34,3 +39,58 @@ def test_perf_rows_have_the_contract_fields_and_consistent_flops(tmp_path):
 def test_perf_rejects_an_unknown_format(tmp_path):
     proc = run_cli("benchmark.perf", "format=xml", cwd=tmp_path)
     assert proc.returncode == 2 and "format" in proc.stderr
+
+
+def test_a_failing_method_is_named_and_the_rows_measured_are_kept(tmp_path, monkeypatch, capsys):
+    from benchmark import perf
+
+    real = perf.measure
+
+    def measure(cfg, *args):
+        if cfg.method.name == "bitfit":
+            raise RuntimeError("boom\nsecond line")
+        return real(cfg, *args)
+
+    monkeypatch.setattr(perf, "measure", measure)
+    monkeypatch.chdir(tmp_path)
+    code = perf.main([
+        "method=bitfit,full_ft", "steps=1", "warmup=0", "progress=false",
+        f"results_dir={tmp_path / 'results'}", f"output_dir={tmp_path / 'pages'}",
+    ])
+    assert code == 1
+    assert "1 methods failed: bitfit: RuntimeError: boom" in capsys.readouterr().err
+    stored = (tmp_path / "results" / "perf" / "perf.jsonl").read_text().splitlines()
+    assert [json.loads(line)["method"] for line in stored] == ["full_ft"]
+    assert "full_ft" in (tmp_path / "pages" / "perf.md").read_text()
+    assert not (tmp_path / "reports").exists()
+
+
+def _every_method() -> list[str]:
+    from benchmark.run import choices
+
+    return [m for m in choices("method") if m != "custom"]
+
+
+@pytest.mark.parametrize("name", _every_method())
+def test_flops_of_every_method_are_counted_in_training_and_inference(name):
+    """PyTorch's FLOP counter walks every module (a parameter view made under no_grad once
+    broke it); training costs more than the forward pass alone."""
+    from benchmark.data import dataset_info
+    from benchmark.losses import MultiTaskLoss
+    from benchmark.model import build_model
+    from benchmark.perf import _flops, _forward_fn, _step_fn, fake_batch
+    from benchmark.run import compose_all
+    from methods.base import instantiate_method
+
+    torch.set_num_threads(1)
+    (cfg,) = compose_all([[f"method={name}", "budget=smoke", "budget.batch_size=2"]])
+    info = dataset_info(cfg.dataset)
+    method = instantiate_method(cfg.method)
+    tasks = method.task_groups(info.tasks)[0]
+    model = build_model(method, cfg, info, tasks, load_weights=False)
+    batch = fake_batch(info, 2, CPU)
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = _step_fn(model, params, batch, MultiTaskLoss(tasks), torch.optim.AdamW(params),
+                    CPU, False)
+    forward = _flops(_forward_fn(model.eval(), batch["image"], CPU, False))
+    assert 0 < forward < _flops(step)

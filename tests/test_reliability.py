@@ -128,3 +128,27 @@ def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="force=true"):
         run_experiment(cfg, log=lambda _: None)
     assert not (directory / "lock").exists()
+
+
+def test_the_committed_reference_run_is_found_by_every_method_of_the_full_sweep():
+    """Run keys are stable: each method of `sweep=full`, at the default settings, maps to the
+    directory of its committed reference record (an option added later, such as MTLoRA's
+    `dora`, leaves the key unchanged at its default), so re-running skips it."""
+    from benchmark.records import finished_record, run_dir
+    from benchmark.run import compose_all, sweep_methods
+    from methods.base import instantiate_method
+    from tests.conftest import ROOT
+
+    for name in sweep_methods("full"):
+        (cfg,) = compose_all([[f"method={name}", f"results_dir={ROOT / 'results'}"]])
+        directory = run_dir(cfg, instantiate_method(cfg.method).label)
+        record = finished_record(directory)
+        assert record is not None and record["method"] == name, directory
+
+
+def test_an_option_at_a_non_default_value_changes_the_run_key():
+    from benchmark.records import run_key
+    from benchmark.run import compose_all
+
+    plain, dora = compose_all([["method=mtlora"], ["method=mtlora", "method.dora=true"]])
+    assert run_key(plain) != run_key(dora)
