@@ -232,4 +232,6 @@ def test_torchrun_two_processes_one_record_reduced_evaluation(tmp_path):
     metrics = evaluate(model, DataCache().get(cfg.dataset, False), cfg.budget, CPU)
     for task, values in metrics.items():
         for name, value in values.items():
-            assert record["metrics"][task][name] == pytest.approx(value, rel=1e-9, abs=1e-9)
+            # equal up to float rounding (the thread counts, hence summation orders, differ);
+            # a shard missed or counted twice would move them by whole percents
+            assert record["metrics"][task][name] == pytest.approx(value, rel=1e-6, abs=1e-6)
