@@ -1,9 +1,11 @@
 # make bench: set up .venv, run the default benchmark from scratch (force=true: the records
 #             committed under results/ are replaced by this machine's), write the report.
+#             make bench SWEEP=full runs every method of the suite instead.
 # make test:  set up .venv, lint, run the test suite.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+SWEEP ?= default
 
 .PHONY: bench test setup report clean-venv
 
@@ -15,7 +17,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 bench: setup
-	$(BIN)/python -m benchmark.run force=true
+	$(BIN)/python -m benchmark.run sweep=$(SWEEP) force=true
 	$(BIN)/python -m benchmark.report
 
 report: setup
