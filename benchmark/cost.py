@@ -85,12 +85,10 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.mb = self._cuda_peak_mb()
         elif hasattr(self, "_thread"):
             self._stop.set()
             self._thread.join()
-            self._peak = max(self._peak, _rss_bytes() or 0)
-            self.mb = (self._peak - self._base) / 2**20
+        self.mb = self.current_mb()
 
 
 class Stopwatch:

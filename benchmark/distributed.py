@@ -78,8 +78,10 @@ def setup(device: str) -> World:
     if not dist.is_available():
         raise UserError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    kind = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                        ("cpu" if device == "auto" else device)).type
+    if device == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        kind = torch.device(device).type
     if kind == "cuda":
         if device not in ("auto", "cuda"):
             raise UserError(
@@ -149,15 +151,12 @@ def main_first() -> Iterator[None]:
 
 
 def all_reduce_(tensor: Tensor, op: str = "sum") -> Tensor:
-    """In place over the ranks (`sum`, `mean` or `max`); unchanged in a single process."""
+    """In place over the ranks (`sum` or `mean`); unchanged in a single process."""
     world = current()
     if world.distributed:
-        if op == "max":
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        else:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-            if op == "mean":
-                tensor.div_(world.size)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if op == "mean":
+            tensor.div_(world.size)
     return tensor
 
 

@@ -21,3 +21,8 @@ def report_user_error(err: UserError) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"error: {err}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of `err`'s message, stripped; "" when it has none."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), "")

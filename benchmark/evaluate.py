@@ -132,18 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0
     from benchmark.data import REAL_DATASETS
-    from benchmark.run import compose_all
+    from benchmark.run import compose_all, pop_options
 
-    predictions = None
-    overrides = []
-    for arg in argv:
-        if arg.startswith("predictions="):
-            predictions = Path(arg.split("=", 1)[1]).expanduser()
-        else:
-            overrides.append(arg)
+    options, overrides = pop_options(argv, {"predictions": None})
     try:
-        if predictions is None:
+        if options["predictions"] is None:
             raise UserError(f"give predictions=DIR; {USAGE}")
+        predictions = Path(options["predictions"]).expanduser()
         (cfg,) = compose_all([overrides])
         if cfg.dataset.name not in REAL_DATASETS:
             raise UserError(f"evaluate scores {' or '.join(REAL_DATASETS)}; {USAGE}")

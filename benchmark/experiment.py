@@ -101,6 +101,7 @@ def run_experiment(
     world = distributed.current()
     if not world.is_main:
         log = _quiet
+    cache = cache or DataCache()
     method = instantiate_method(cfg.method)
     directory = run_dir(cfg, method.label)
     done = None if cfg.force else distributed.broadcast(finished_record(directory))
@@ -111,14 +112,14 @@ def run_experiment(
         if world.is_main:
             if cfg.force:
                 clear_run_state(directory)
-            elif any(directory.glob("checkpoint-*.pt")) or any(directory.glob("group-*.json")):
+            elif run_state_files(directory):
                 log(f"resuming {method.label} seed {cfg.seed} from {directory}")
         distributed.barrier()  # nobody looks for checkpoints before rank 0 cleared them
         reference = None
         if method.name != REFERENCE_METHOD:
             reference = ensure_reference(cfg, cache, log, failures)
         try:
-            results = train_groups(method, cfg, directory, cache or DataCache())
+            results = train_groups(method, cfg, directory, cache)
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as err:
@@ -220,8 +221,13 @@ def train_groups(method, cfg: DictConfig, directory: Path, cache: DataCache) -> 
     return results
 
 
+def run_state_files(directory: Path) -> list[Path]:
+    """The checkpoints and finished-group records that a run resumes from."""
+    return [*directory.glob("checkpoint-*.pt"), *directory.glob("group-*.json")]
+
+
 def clear_run_state(directory: Path) -> None:
-    for path in [*directory.glob("checkpoint-*.pt"), *directory.glob("group-*.json")]:
+    for path in run_state_files(directory):
         path.unlink(missing_ok=True)
 
 

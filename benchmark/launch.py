@@ -44,7 +44,7 @@ from pathlib import Path
 from omegaconf import DictConfig, read_write
 
 from benchmark import distributed
-from benchmark.errors import UserError
+from benchmark.errors import UserError, first_line
 
 HYDRA_DIR = ".hydra"
 INSTALL_HINT = "submitit_slurm, submitit_local, slurm and joblib need pip install 'mtpeft[cluster]'"
@@ -58,7 +58,7 @@ def override_key(text: str) -> str:
     try:
         return OverridesParser.create().parse_override(text).key_or_group
     except HydraException as err:
-        raise UserError(f"cannot parse the override {text!r}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot parse the override {text!r}: {first_line(err)}") from None
 
 
 def is_hydra_override(text: str) -> bool:
@@ -204,6 +204,7 @@ def _summary(returns) -> int:
     from hydra.core.utils import JobStatus
 
     failures, busy = [], []
+    finished = 0  # `failures` also lists the references that failed inside a job
     for ret in returns:
         if ret.status != JobStatus.COMPLETED:
             failures.append(f"job {' '.join(ret.overrides or [])}: {ret._return_value!r}")
@@ -215,7 +216,9 @@ def _summary(returns) -> int:
             failures.append(f"{outcome['run']}: {outcome['error']}")
         elif outcome["status"] == "busy":
             busy.append(outcome["run"])
-    print(f"{len(returns)} jobs: {len(returns) - len(failures) - len(busy)} finished")
+        else:
+            finished += 1
+    print(f"{len(returns)} jobs: {finished} finished")
     if busy:
         print(f"{len(busy)} runs were left to the processes training them")
     if failures:

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from benchmark.data import DatasetInfo
     from methods.base import Method
 
-ENCODER_MODES = ("shared", "task_streams", "per_task")
 # MTLoRA's downsampler widths for Swin-T (embed_dim 96); they scale with embed_dim (SPEC 2.2).
 DOWNSAMPLER_WIDTHS = (18, 36, 72, 144)
 
@@ -40,9 +39,11 @@ DOWNSAMPLER_WIDTHS = (18, 36, 72, 144)
 class Encoder(nn.Module):
     """Runs the backbone once; `mode` is `shared` or `task_streams` (the blocks decide)."""
 
+    modes: tuple[str, ...] = ("shared", "task_streams")
+
     def __init__(self, backbone: SwinBackbone, tasks: Sequence[str], mode: str = "shared"):
         super().__init__()
-        if mode not in ("shared", "task_streams"):
+        if mode not in self.modes:
             raise ValueError(f"Encoder runs one pass; mode {mode!r} needs PerTaskEncoder")
         self.backbone = backbone
         self.tasks = list(tasks)
@@ -81,6 +82,8 @@ class PerTaskEncoder(Encoder):
     bounds memory: with fewer tasks per pass the tasks are processed in chunks.
     """
 
+    modes: tuple[str, ...] = ("per_task",)
+
     def __init__(
         self,
         backbone: SwinBackbone,
@@ -88,10 +91,7 @@ class PerTaskEncoder(Encoder):
         context: TaskContext,
         tasks_per_pass: int | None = None,
     ):
-        nn.Module.__init__(self)
-        self.backbone = backbone
-        self.tasks = list(tasks)
-        self.mode = "per_task"
+        super().__init__(backbone, tasks, "per_task")
         self.context = context
         self.tasks_per_pass = tasks_per_pass or len(self.tasks)
 
@@ -99,8 +99,9 @@ class PerTaskEncoder(Encoder):
         n = images.shape[0]
         out: dict[str, list[Tensor]] = {}
         for start in range(0, len(self.tasks), self.tasks_per_pass):
-            chunk = list(range(start, min(start + self.tasks_per_pass, len(self.tasks))))
-            ids = torch.tensor(chunk, device=images.device).repeat_interleave(n)
+            stop = min(start + self.tasks_per_pass, len(self.tasks))
+            chunk = range(start, stop)
+            ids = torch.arange(start, stop, device=images.device).repeat_interleave(n)
             batch = images.repeat(len(chunk), 1, 1, 1)
             with self.context.bind(ids):
                 maps = self.backbone(batch, ["all"])["all"]

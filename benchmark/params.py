@@ -19,7 +19,7 @@ import torch
 from tabulate import tabulate
 
 from benchmark.errors import UserError, report_user_error
-from benchmark.run import choices, compose_all, expand
+from benchmark.run import compose_all, expand, pop_options
 
 
 def count(cfg) -> dict:
@@ -36,6 +36,7 @@ def count(cfg) -> dict:
             trainable += count_parameters(model, trainable_only=True)
             total += count_parameters(model)
             decoders += count_parameters(model.decoders)
+            mode = model.encoder.mode  # the method's, whatever tasks the model has
     return {
         "method": method.name,
         "label": method.label,
@@ -43,35 +44,20 @@ def count(cfg) -> dict:
         "total": total,
         "decoders": decoders,
         "paper_trainable_m": method.paper_trainable_m,
-        "encoder_mode": _mode(method, cfg, info),
+        "encoder_mode": mode,
         "dataset": info.name,
         "backbone": cfg.backbone.name,
     }
 
 
-def _mode(method, cfg, info) -> str:
-    from benchmark.backbone import build_backbone
-
-    with torch.device("meta"):
-        backbone = build_backbone(cfg.backbone, info.image_size, 0.0, load_weights=False)
-        return method.build_encoder(backbone, info.tasks).mode
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    fmt = "table"
-    rest = []
-    for arg in argv:
-        if arg.startswith("format="):
-            fmt = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
+    options, rest = pop_options(argv, {"format": "table"})
+    fmt = options["format"]
     try:
         if fmt not in ("table", "json"):
             raise UserError(f"unknown format {fmt!r}; choose from table, json")
-        if not any(a.startswith("method=") for a in rest):
-            rest.append("method=" + ",".join(m for m in choices("method") if m != "custom"))
-        rows = [count(cfg) for cfg in compose_all(expand(rest))]
+        rows = [count(cfg) for cfg in compose_all(expand(rest, default_sweep="full", listing=True))]
     except UserError as err:
         return report_user_error(err)
     if fmt == "json":

@@ -42,9 +42,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from benchmark.cost import PeakMemory, device_name
-from benchmark.errors import UserError, report_user_error
+from benchmark.errors import UserError, first_line, report_user_error
 from benchmark.losses import MultiTaskLoss
-from benchmark.run import choices, compose_all, expand
+from benchmark.run import compose_all, expand, pop_options
 from benchmark.tasks import IGNORE_INDEX
 from benchmark.train import autocast, param_groups, resolve_device
 
@@ -101,7 +101,7 @@ def matmul_rate(device: torch.device) -> tuple[float, str]:
     return 2 * n**3 / seconds, str(dtype).replace("torch.", "")
 
 
-def _step_fn(model, params, batch, criterion, optimizer, device, amp: bool):
+def _step_fn(model, batch, criterion, optimizer, device, amp: bool):
     def step():
         with autocast(device, amp):
             outputs = model(batch["image"])
@@ -129,7 +129,7 @@ def _flops(fn) -> int:
 
 def measure(cfg: DictConfig, steps: int, warmup: int, rate: float) -> dict:
     from benchmark.data import dataset_info
-    from benchmark.model import build_model
+    from benchmark.model import build_model, count_parameters
     from methods.base import instantiate_method
 
     device = resolve_device(cfg.device)
@@ -152,8 +152,7 @@ def measure(cfg: DictConfig, steps: int, warmup: int, rate: float) -> dict:
         if cfg.channels_last:  # as the trainer does (benchmark.train)
             model.to(memory_format=torch.channels_last)
             sub["image"] = sub["image"].contiguous(memory_format=torch.channels_last)
-        params = [p for p in model.parameters() if p.requires_grad]
-        trainable += sum(p.numel() for p in params)
+        trainable += count_parameters(model, trainable_only=True)
         optimizer = torch.optim.AdamW(
             param_groups(model, cfg.budget.weight_decay), lr=1e-4,
             fused=device.type == "cuda",
@@ -162,8 +161,8 @@ def measure(cfg: DictConfig, steps: int, warmup: int, rate: float) -> dict:
         # FLOPs are counted on the eager model: compiled kernels escape the counter
         runner = torch.compile(model) if cfg.compile else model
         model.train()
-        train_flops += _flops(_step_fn(model, params, sub, criterion, optimizer, device, amp))
-        step = _step_fn(runner, params, sub, criterion, optimizer, device, amp)
+        train_flops += _flops(_step_fn(model, sub, criterion, optimizer, device, amp))
+        step = _step_fn(runner, sub, criterion, optimizer, device, amp)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         with PeakMemory(device) as memory:
@@ -283,20 +282,13 @@ def write_report(rows: list[dict], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = {"format": "table", "steps": None, "warmup": None, "output_dir": "reports"}
-    rest = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in options:
-            options[key] = value
-        else:
-            rest.append(arg)
+    options, rest = pop_options(
+        argv, {"format": "table", "steps": None, "warmup": None, "output_dir": "reports"}
+    )
     try:
         if options["format"] not in ("table", "json"):
             raise UserError(f"unknown format {options['format']!r}; choose from table, json")
-        if not any(a.startswith("method=") for a in rest):
-            rest.append("method=" + ",".join(m for m in choices("method") if m != "custom"))
-        configs = compose_all(expand(rest))
+        configs = compose_all(expand(rest, default_sweep="full", listing=True))
         device = resolve_device(configs[0].device)
         steps = int(options["steps"] or (20 if device.type == "cuda" else 3))
         warmup = int(options["warmup"] or (5 if device.type == "cuda" else 1))
@@ -330,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 (one method's failure: the others go on)
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 err = RuntimeError(f"out of memory at budget.batch_size={cfg.budget.batch_size}")
-            failures.append(f"{cfg.method.name}: {type(err).__name__}: {_first_line(err)}")
+            failures.append(f"{cfg.method.name}: {type(err).__name__}: {first_line(err)}")
             tqdm.write(f"FAILED {failures[-1]}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -347,7 +339,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_file = Path(options["output_dir"]) / "perf.md"
     history = [json.loads(line) for line in perf_file.read_text().splitlines() if line.strip()]
     write_report(history, report_file)
-    full = [r for r in rows if r["method"] == "full_ft"]
     if options["format"] == "table" and rows:
         table = [
             [r["label"], f"{r['train_images_per_second']:.1f}",
@@ -358,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         print(f"{rows[0]['device']}: matmul {rate / 1e12:.2f} TFLOP/s ({dtype}); "
               f"bare Swin {bare:.1f} images/s; harness_vs_bare "
-              + ("–" if not full else f"{rows[0]['harness_vs_bare']:.2f}"))
+              + ("–" if full_rate is None else f"{rows[0]['harness_vs_bare']:.2f}"))
         print(tabulate(table, headers=["method", "train img/s", "infer img/s", "peak MB",
                                        "train GFLOP/img", "MFU"]))
     print(f"appended {len(rows)} rows to {perf_file}; wrote {report_file}", file=sys.stderr)
@@ -366,11 +357,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(failures)} methods failed: " + "; ".join(failures), file=sys.stderr)
         return 1
     return 0
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from benchmark.atomic import atomic_write
 
 SCHEMA = 1
 # Keys that locate files rather than define the experiment.
@@ -61,18 +62,12 @@ def run_dir(cfg: DictConfig, label: str) -> Path:
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write to a temporary file in the same directory, then rename over `path`: a reader
     (or a crash) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f) -> None:
+        json.dump(data, f, indent=1, default=str)
+        f.write("\n")
+
+    atomic_write(path, write, "w")
 
 
 def read_record(path: Path) -> dict | None:

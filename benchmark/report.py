@@ -234,6 +234,11 @@ class Row:
         return [float(v) for v in values if v is not None]
 
     @property
+    def trainable(self) -> list[float]:
+        """The trainable count, once (it is the same for every seed); empty when unknown."""
+        return self.params("trainable")[:1]
+
+    @property
     def memory_kinds(self) -> list[str]:
         return sorted({(r.get("cost") or {}).get("memory_kind") or "unknown" for r in self.runs})
 
@@ -318,22 +323,21 @@ def build_group(key: tuple, records: list[dict]) -> Group:
             t: {TASKS[t].primary: statistics.fmean(m[t][TASKS[t].primary] for m in refs.values())}
             for t in tasks
         }
-    for row in rows:
-        if mean_ref is None:
-            break
-        for run in row.runs:
-            ref = refs.get(run["seed"])
-            if ref is None:
-                ref = mean_ref
-                row.mean_reference_seeds.append(run["seed"])
-            try:
-                row.delta_m.append(delta_m(run["metrics"], ref, tasks))
-                for t in tasks:
-                    row.change.setdefault(t, []).append(delta_m(run["metrics"], ref, [t]))
-            except ValueError as err:
-                notes.append(f"Δm of {row.label} seed {run['seed']} is undefined: {err}.")
-                row.delta_m, row.change = [], {}
-                break
+    if mean_ref is not None:
+        for row in rows:
+            for run in row.runs:
+                ref = refs.get(run["seed"])
+                if ref is None:
+                    ref = mean_ref
+                    row.mean_reference_seeds.append(run["seed"])
+                try:
+                    row.delta_m.append(delta_m(run["metrics"], ref, tasks))
+                    for t in tasks:
+                        row.change.setdefault(t, []).append(delta_m(run["metrics"], ref, [t]))
+                except ValueError as err:
+                    notes.append(f"Δm of {row.label} seed {run['seed']} is undefined: {err}.")
+                    row.delta_m, row.change = [], {}
+                    break
     for row in rows:
         if row.mean_reference_seeds:
             seeds = ", ".join(map(str, row.mean_reference_seeds))
@@ -441,27 +445,38 @@ class Column:
     cell: Callable[[Row], tuple[float | None, str]]
 
 
+def _metric_header(task: str) -> str:
+    """A task's primary metric as a column header, with the direction that is better."""
+    spec = TASKS[task]
+    arrow = "↑" if spec.higher_is_better else "↓"
+    return f"{task} {METRIC_NAMES.get(spec.primary, spec.primary)} {arrow}"
+
+
+def _error_text(run: dict) -> str:
+    """A run's error on one line."""
+    return " ".join(str(run.get("error") or "unknown error").split())
+
+
 def table_columns(group: Group) -> list[Column]:
     columns = [Column("method", None, lambda r: (None, _md(r.label))),
                Column("n", None, lambda r: (None, str(len(r.runs))))]
     for t in group.tasks:
         spec = TASKS[t]
         columns.append(Column(
-            f"{t} {METRIC_NAMES.get(spec.primary, spec.primary)} "
-            f"{'↑' if spec.higher_is_better else '↓'}",
+            _metric_header(t),
             "max" if spec.higher_is_better else "min",
             lambda r, t=t, m=spec.primary: _stat(r.metric(t, m), 2),
         ))
     columns.append(Column("Δm % ↑", "max", lambda r: _stat(r.delta_m, 2, sign=True)))
     columns.append(Column(
         "trainable M ↓", "min",
-        lambda r: _stat([v / 1e6 for v in r.params("trainable")[:1]], 2),
+        lambda r: _stat([v / 1e6 for v in r.trainable], 2),
     ))
     full = group.full_ft_trainable()
     if full:
         columns.append(Column(
             "% of full FT ↓", "min",
-            lambda r: _stat([100 * v / full for v in r.params("trainable")[:1]], 1),
+            lambda r: _stat([100 * v / full for v in r.trainable], 1),
         ))
     suffix, mark_cpu = memory_note(group)
 
@@ -522,11 +537,8 @@ def published_table(group: Group) -> str | None:
     }
     reference = as_metrics[source["rows"][0]["name"]]
     ours = {r.label: r for r in group.ok_rows}
-    headers = ["method", "source"] + [
-        f"{t} {METRIC_NAMES.get(TASKS[t].primary, TASKS[t].primary)} "
-        f"{'↑' if TASKS[t].higher_is_better else '↓'}"
-        for t in tasks
-    ] + ["Δm % (printed)", "Δm % (recomputed)", "trainable M"]
+    headers = ["method", "source", *map(_metric_header, tasks),
+               "Δm % (printed)", "Δm % (recomputed)", "trainable M"]
     body = []
     for row in source["rows"]:
         recomputed = delta_m(as_metrics[row["name"]], reference, tasks)
@@ -544,7 +556,7 @@ def published_table(group: Group) -> str | None:
             ["", f"ours ({_md(mine.label)}, n={len(mine.runs)})"]
             + [_stat(mine.metric(t, TASKS[t].primary), 2)[1] for t in tasks]
             + [MISSING, _stat(mine.delta_m, 2, sign=True)[1],
-               _stat([v / 1e6 for v in mine.params("trainable")[:1]], 2)[1]]
+               _stat([v / 1e6 for v in mine.trainable], 2)[1]]
         )
     align = ["left", "left"] + ["right"] * (len(headers) - 2)
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
@@ -581,7 +593,7 @@ def summary_rows(group: Group) -> tuple[list[str], list[list[str]]]:
     for row in group.rows:
         if row.failed:
             errors = "; ".join(
-                f"seed {r['seed']}: {' '.join(str(r.get('error') or 'unknown error').split())}"
+                f"seed {r['seed']}: {_error_text(r)}"
                 for r in row.runs
             )
             values = {"label": row.label, "method": row.method, "status": "failed",
@@ -640,6 +652,14 @@ def _points(group: Group, cost: Callable[[Row], list[float]]) -> list[plots.Poin
     return points
 
 
+# The costs that Δm is traded against, per run (the figures and their Pareto fronts).
+COSTS: dict[str, Callable[[Row], list[float]]] = {
+    "params": lambda r: r.trainable,
+    "memory": lambda r: r.cost("peak_memory_mb"),
+    "time": lambda r: r.cost("train_seconds"),
+}
+
+
 def write_figures(group: Group, folder: Path, styles: dict) -> dict[str, Path]:
     """Draw the group's figures into `folder`; the PNG path of each figure drawn by key."""
     if not group.has_reference:
@@ -647,16 +667,16 @@ def write_figures(group: Group, folder: Path, styles: dict) -> dict[str, Path]:
     title = group.title
     unit, scale = time_unit(group)
     suffix, _ = memory_note(group)
-    specs = {
-        "params": (lambda r: [v / 1e6 for v in r.params("trainable")[:1]],
-                   "trainable parameters (M, log scale)", True, "trainable parameters"),
-        "memory": (lambda r: r.cost("peak_memory_mb"),
-                   f"peak training memory ({suffix})", None, "peak training memory"),
-        "time": (lambda r: [v / scale for v in r.cost("train_seconds")],
-                 f"training time ({unit})", None, "training time"),
+    specs = {  # the axis unit of each cost, its label, log scale, its name
+        "params": (1e6, "trainable parameters (M, log scale)", True, "trainable parameters"),
+        "memory": (1.0, f"peak training memory ({suffix})", None, "peak training memory"),
+        "time": (scale, f"training time ({unit})", None, "training time"),
     }
     drawn = {}
-    for key, (cost, xlabel, log_x, what) in specs.items():
+    for key, (unit_size, xlabel, log_x, what) in specs.items():
+        def cost(r: Row, key=key, unit_size=unit_size) -> list[float]:
+            return [v / unit_size for v in COSTS[key](r)]
+
         paths = plots.tradeoff_figure(
             _points(group, cost), styles, folder / FIGURES[key],
             title=f"{title}\nΔm against {what}", xlabel=xlabel, log_x=log_x,
@@ -747,22 +767,18 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
         lines += ["## Failed runs", ""]
         for row in group.failed_rows:
             for run in row.runs:
-                error = " ".join(str(run.get("error") or "unknown error").split())
-                error = error.replace("`", "'")
+                error = _error_text(run).replace("`", "'")
                 lines.append(f"- {_md(row.label)} seed {run['seed']} (`{run['_path']}`): "
                              f"`{error}`")
         lines.append("")
     if figures:
         lines += ["## Figures", ""]
-        costs = {"params": lambda r: r.params("trainable")[:1],
-                 "memory": lambda r: r.cost("peak_memory_mb"),
-                 "time": lambda r: r.cost("train_seconds")}
         for key, png in figures.items():
             rel = f"{group.slug}/{png.name}"
             lines += [f"![{FIGURE_ALT[key]}]({rel})", "",
                       f"{FIGURE_TEXT[key]} [SVG]({group.slug}/{png.with_suffix('.svg').name})"]
-            if key in costs:
-                front = _front_labels(group, costs[key])
+            if key in COSTS:
+                front = _front_labels(group, COSTS[key])
                 lines.append(f"Pareto-optimal: {', '.join(_md(k) for k in front)}.")
             lines.append("")
     published = published_table(group)

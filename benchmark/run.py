@@ -52,14 +52,36 @@ def sweep_methods(name: str) -> list[str]:
     return list(OmegaConf.load(path).methods)
 
 
-def expand(overrides: Sequence[str]) -> list[list[str]]:
-    """The cartesian product of the overrides, as one override list per configuration."""
+def pop_options(
+    argv: Sequence[str], defaults: dict[str, str | None]
+) -> tuple[dict[str, str | None], list[str]]:
+    """The `key=value` options of a command (the keys of `defaults`, the last one given
+    winning) and the rest of `argv`, the overrides, in order."""
+    options = dict(defaults)
+    rest = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in options:
+            options[key] = value
+        else:
+            rest.append(arg)
+    return options, rest
+
+
+def expand(
+    overrides: Sequence[str], default_sweep: str = "default", listing: bool = False
+) -> list[list[str]]:
+    """The cartesian product of the overrides, as one override list per configuration.
+
+    Without a `method=` override the methods of the sweep preset (`sweep=NAME`, else
+    `default_sweep`) are the first axis, in the preset's order; with `listing` (the tables
+    of `benchmark.params` and `benchmark.perf`) they are the last axis, in name order."""
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as err:
         raise UserError(f"cannot parse the overrides: {_first_line(err)}") from None
     axes: dict[str, list[str]] = {}
-    sweep = "default"
+    sweep = default_sweep
     for o in parsed:
         key = o.get_key_element()
         if key == "sweep":
@@ -80,7 +102,8 @@ def expand(overrides: Sequence[str]) -> list[list[str]]:
                     )
         axes[key] = [f"{key}={v}" for v in values]
     if "method" not in axes:
-        axes = {"method": [f"method={m}" for m in sweep_methods(sweep)], **axes}
+        methods = [f"method={m}" for m in sweep_methods(sweep)]
+        axes = {**axes, "method": sorted(methods)} if listing else {"method": methods, **axes}
     return [list(combo) for combo in itertools.product(*axes.values())]
 
 
@@ -205,8 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from benchmark.launch import is_hydra_override, launch_sweep
 
-        hydra_overrides = [a for a in argv if is_hydra_override(a)]
-        combos = expand([a for a in argv if not is_hydra_override(a)])
+        hydra_overrides, overrides = [], []
+        for arg in argv:
+            (hydra_overrides if is_hydra_override(arg) else overrides).append(arg)
+        combos = expand(overrides)
         configs = compose_all(combos, training=True)
         if hydra_overrides:
             return launch_sweep(configs, combos, hydra_overrides)

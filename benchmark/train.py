@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark import distributed
+from benchmark.atomic import atomic_write
 from benchmark.cost import PeakMemory, Stopwatch
 from benchmark.data import BatchLoader, MultiTaskData, place_split
 from benchmark.errors import UserError
@@ -145,11 +146,12 @@ def train_and_evaluate(
     if execution.channels_last:
         model.to(memory_format=torch.channels_last)
     cuda = device.type == "cuda"
+    prefetch = execution.prefetch if cuda else 0
     loader = BatchLoader(
         place_split(data.train, device, execution.data_on_gpu), tasks, budget.batch_size,
         device, shuffle=True, augment=True, seed=seed, drop_last=True,
         max_batches=budget.train_batches, rank=world.rank, world_size=world.size,
-        prefetch=execution.prefetch if cuda else 0,
+        prefetch=prefetch,
     )
     # the training data kept on the GPU is not the model's memory: left out of the peak
     resident = loader.split.nbytes if loader.split is not data.train else 0
@@ -224,7 +226,7 @@ def train_and_evaluate(
     distributed.sync_buffers(model)
     distributed.check_replicas(model)
 
-    metrics = evaluate(model, data, budget, device, execution.prefetch if cuda else 0)
+    metrics = evaluate(model, data, budget, device, prefetch)
     peaks = [p for p in distributed.gather(_max(state.peak_memory_mb, memory.mb)) if p]
     return GroupResult(
         tasks=tasks,
@@ -317,12 +319,8 @@ def save_checkpoint(
         "state": asdict(state),
         "rng": rng,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(blob, f),
+                 tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp"))
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, device: torch.device) -> TrainState:

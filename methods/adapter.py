@@ -30,12 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
 from benchmark.backbone import SwinBackbone
 from benchmark.model import Encoder
-from methods.adapters import Adapter, insert_adapters
-from methods.base import Method, freeze, positive_ints
+from methods.adapters import Adapter, bottleneck_width, insert_adapters
+from methods.base import Method, freeze, positive_ints, unfreeze_norms
 
 
 class HoulsbyAdapter(Method):
@@ -54,13 +52,11 @@ class HoulsbyAdapter(Method):
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
         freeze(backbone)
-        for module in backbone.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.requires_grad_(True)
+        unfreeze_norms(backbone)
 
         def make(site):
             weight = backbone.stages[site.stage].blocks[site.block].norm1.weight
-            bottleneck = site.dim // self.reduction
+            bottleneck = bottleneck_width(site.dim, self.reduction)
             return Adapter(site.dim, bottleneck, device=weight.device, dtype=weight.dtype)
 
         insert_adapters(backbone, make)

@@ -2,7 +2,7 @@
 
 - `Adapter`: Houlsby et al.'s bottleneck (ICML 2019), `x + up(act(down(x)))`, initialised
   near zero so that the adapted network starts as (almost) the pre-trained one.
-- `AdapterSite`, `insert_adapters`: where adapters go in a Swin block.
+- `AdapterSite`, `insert_adapters`, `insert_adapters_at`: where adapters go in a Swin block.
 - `TaskWeight`, `TaskAdapter`, `GeneratedWeights`, `TaskLayerEmbedding`, `HyperEncoder`,
   `ScaledLinear`: task-conditioned adapters whose weights come from a hypernetwork
   (Polyhistor, HyperFormer). They hold no parameters of their own: once per forward pass
@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from benchmark.backbone import SwinBackbone
 from benchmark.model import PerTaskEncoder, TaskContext
+from methods.base import freeze, positive_ints
 
 # The two adapters of a block, in the order the block runs them.
 POSITIONS = ("attn", "mlp")
@@ -116,19 +117,41 @@ def adapter_sites(backbone: SwinBackbone) -> list[AdapterSite]:
     return sites
 
 
+def insert_adapters_at(
+    backbone: SwinBackbone,
+    make: Callable[[AdapterSite], nn.Module],
+    positions: Sequence[str] = POSITIONS,
+) -> list[AdapterSite]:
+    """Put `make(site)` at the given positions (`attn`, `mlp`) of every block, in execution
+    order; returns the sites that got an adapter, with their `index` counting those sites
+    only."""
+    unknown = set(positions) - set(POSITIONS)
+    if unknown or not positions:
+        raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {positions}")
+    sites: list[AdapterSite] = []
+    for site in adapter_sites(backbone):
+        if site.position not in positions:
+            continue
+        site = AdapterSite(len(sites), site.stage, site.block, site.position, site.dim)
+        block = backbone.stages[site.stage].blocks[site.block]
+        attr = "drop_path1" if site.position == "attn" else "drop_path2"
+        setattr(block, attr, AdaptedBranch(make(site), getattr(block, attr)))
+        sites.append(site)
+    return sites
+
+
 def insert_adapters(
     backbone: SwinBackbone, make: Callable[[AdapterSite], nn.Module]
 ) -> list[AdapterSite]:
     """Put `make(site)` after attention and after the MLP of every block; returns the sites."""
-    sites = adapter_sites(backbone)
-    for site in sites:
-        block = backbone.stages[site.stage].blocks[site.block]
-        attr = "drop_path1" if site.position == "attn" else "drop_path2"
-        setattr(block, attr, AdaptedBranch(make(site), getattr(block, attr)))
-    return sites
+    return insert_adapters_at(backbone, make)
 
 
 # --- task-conditioned adapters -------------------------------------------------------------
+
+# A generated up-projection starts this much smaller than a fan-in initialisation, so that
+# every generated adapter starts near the identity (Polyhistor, HyperFormer).
+UP_GAIN = 1e-2
 
 
 @dataclass
@@ -316,26 +339,35 @@ class HyperEncoder(PerTaskEncoder):
             return super().forward(images)
 
 
-def insert_adapters_at(
+def tasks_per_pass_option(value: object) -> int | None:
+    """A hypernetwork method's `tasks_per_pass` option: None (every task in one pass) or a
+    whole number >= 1, as an int; a ValueError otherwise."""
+    if value is None:
+        return None
+    try:
+        (count,) = positive_ints(tasks_per_pass=value)
+    except ValueError:
+        message = f"tasks_per_pass must be a whole number >= 1 or null, got {value!r}"
+        raise ValueError(message) from None
+    return count
+
+
+def hyper_encoder(
     backbone: SwinBackbone,
-    make: Callable[[AdapterSite], nn.Module],
-    positions: Sequence[str] = POSITIONS,
-) -> list[AdapterSite]:
-    """As `insert_adapters`, at the given positions only (`attn`, `mlp`); returns the sites
-    that got an adapter, with their `index` counting those sites only."""
-    unknown = set(positions) - set(POSITIONS)
-    if unknown or not positions:
-        raise ValueError(f"positions must be a non-empty subset of {POSITIONS}, got {positions}")
-    sites: list[AdapterSite] = []
-    for site in adapter_sites(backbone):
-        if site.position not in positions:
-            continue
-        site = AdapterSite(len(sites), site.stage, site.block, site.position, site.dim)
-        block = backbone.stages[site.stage].blocks[site.block]
-        attr = "drop_path1" if site.position == "attn" else "drop_path2"
-        setattr(block, attr, AdaptedBranch(make(site), getattr(block, attr)))
-        sites.append(site)
-    return sites
+    tasks: Sequence[str],
+    build_generator: Callable[[Sequence[AdapterSite]], nn.Module],
+    tasks_per_pass: int | None = None,
+) -> HyperEncoder:
+    """Freeze `backbone`, put a `TaskAdapter` at every site (`insert_adapters`) and return
+    the `HyperEncoder` whose generator is `build_generator(sites)`, built on the backbone's
+    device."""
+    freeze(backbone)
+    context = TaskContext(tasks)
+    weights = GeneratedWeights()
+    sites = insert_adapters(backbone, lambda site: TaskAdapter(site.index, weights, context))
+    with torch.device(backbone.patch_embed.proj.weight.device):
+        generator = build_generator(sites)
+    return HyperEncoder(backbone, tasks, context, generator, weights, tasks_per_pass)
 
 
 # --- parameterised hypercomplex multiplication (Compacter) ---------------------------------

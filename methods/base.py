@@ -70,6 +70,14 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def unfreeze_norms(module: nn.Module) -> nn.Module:
+    """Make the weight and bias of every `nn.LayerNorm` inside `module` trainable."""
+    for m in module.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.requires_grad_(True)
+    return module
+
+
 def instantiate_method(method_cfg: DictConfig) -> Method:
     try:
         method = instantiate(method_cfg)

@@ -47,12 +47,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
 from benchmark.backbone import SwinBackbone
 from benchmark.model import Encoder
-from methods.adapters import POSITIONS, PHMAdapter, insert_adapters_at, phm_rule
-from methods.base import Method, freeze, positive_ints
+from methods.adapters import (
+    POSITIONS,
+    PHMAdapter,
+    bottleneck_width,
+    insert_adapters_at,
+    phm_rule,
+)
+from methods.base import Method, freeze, positive_ints, unfreeze_norms
 
 
 class Compacter(Method):
@@ -75,15 +79,13 @@ class Compacter(Method):
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
         freeze(backbone)
-        for module in backbone.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.requires_grad_(True)
+        unfreeze_norms(backbone)
         weight = backbone.patch_embed.proj.weight
         rule = phm_rule(self.phm_dim, device=weight.device, dtype=weight.dtype)
 
         def make(site):
-            bottleneck = site.dim // self.reduction
-            if bottleneck < 1 or bottleneck % self.phm_dim or site.dim % self.phm_dim:
+            bottleneck = bottleneck_width(site.dim, self.reduction)
+            if bottleneck % self.phm_dim or site.dim % self.phm_dim:
                 raise ValueError(
                     f"phm_dim {self.phm_dim} must divide the block width {site.dim} and the "
                     f"bottleneck {bottleneck} (reduction {self.reduction})"

@@ -41,17 +41,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import nn
-
-from benchmark.backbone import SwinBackbone
-from benchmark.model import Encoder
-from methods.base import freeze
 from methods.lora import DEFAULT_TARGETS, LoRA
-from methods.lowrank import DoRALinear, inject
+from methods.lowrank import DoRALinear
 
 
 class DoRA(LoRA):
     paper_trainable_m = None  # no count published on this protocol (see the docstring)
+    layer = DoRALinear
 
     def __init__(
         self,
@@ -67,12 +63,3 @@ class DoRA(LoRA):
     @property
     def label(self) -> str:
         return "dora" + super().label.removeprefix("lora")
-
-    def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
-        freeze(backbone)
-
-        def dora(linear: nn.Linear) -> DoRALinear:
-            return DoRALinear(linear, self.rank, self.scale, self.dropout)
-
-        inject(backbone, self.targets, dora)
-        return Encoder(backbone, tasks)

@@ -71,22 +71,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import TaskContext
 from methods.adapters import (
     POSITIONS,
+    UP_GAIN,
     AdapterSite,
-    GeneratedWeights,
     HyperEncoder,
     ScaledLinear,
-    TaskAdapter,
     TaskWeight,
     bottleneck_width,
-    insert_adapters,
+    hyper_encoder,
+    tasks_per_pass_option,
 )
-from methods.base import Method, freeze, positive_ints
-
-# The up-projection starts this much smaller than a fan-in initialisation (near identity).
-UP_GAIN = 1e-2
+from methods.base import Method, positive_ints
 
 
 class TaskLayerPositionEmbedding(nn.Module):
@@ -195,13 +191,10 @@ class HyperFormer(Method):
     ):
         super().__init__(name or "hyperformer")
         positive_ints(reduction=reduction, embed_dim=embed_dim, hidden=hidden)
-        if tasks_per_pass is not None and (int(tasks_per_pass) != tasks_per_pass
-                                           or tasks_per_pass < 1):
-            raise ValueError(f"tasks_per_pass must be >= 1 or null, got {tasks_per_pass}")
+        self.tasks_per_pass = tasks_per_pass_option(tasks_per_pass)
         self.reduction = int(reduction)
         self.embed_dim = int(embed_dim)
         self.hidden = int(hidden)
-        self.tasks_per_pass = None if tasks_per_pass is None else int(tasks_per_pass)
 
     @property
     def label(self) -> str:
@@ -216,12 +209,9 @@ class HyperFormer(Method):
         }
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> HyperEncoder:
-        freeze(backbone)
-        context = TaskContext(tasks)
-        weights = GeneratedWeights()
-        sites = insert_adapters(backbone, lambda site: TaskAdapter(site.index, weights, context))
-        with torch.device(backbone.patch_embed.proj.weight.device):
-            generator = SharedHyperNetwork(
+        def generator(sites: Sequence[AdapterSite]) -> SharedHyperNetwork:
+            return SharedHyperNetwork(
                 len(tasks), sites, self.reduction, self.embed_dim, self.hidden
             )
-        return HyperEncoder(backbone, tasks, context, generator, weights, self.tasks_per_pass)
+
+        return hyper_encoder(backbone, tasks, generator, self.tasks_per_pass)

@@ -37,7 +37,7 @@ from torch import nn
 
 from benchmark.backbone import SwinBackbone
 from benchmark.model import Encoder
-from methods.base import Method, freeze
+from methods.base import Method, freeze, positive_ints
 from methods.lowrank import LoRALinear, inject
 
 SWIN_LINEARS = ("qkv", "proj", "fc1", "fc2", "reduction")
@@ -46,6 +46,8 @@ DEFAULT_TARGETS = ("qkv", "proj")
 
 class LoRA(Method):
     paper_trainable_m = 2.87
+    #: the wrapper each targeted linear becomes, built as `layer(linear, rank, scale, dropout)`
+    layer: type[LoRALinear] = LoRALinear
 
     def __init__(
         self,
@@ -65,13 +67,12 @@ class LoRA(Method):
         unknown = [t for t in targets if t.rpartition(".")[2] not in SWIN_LINEARS]
         if unknown:
             raise ValueError(f"unknown targets {unknown}; choose from {', '.join(SWIN_LINEARS)}")
-        if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
+        (rank,) = positive_ints(rank=rank)
         if scale is not None and alpha is not None:
             raise ValueError("give scale or alpha (scale = alpha / rank), not both")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.rank = int(rank)
+        self.rank = rank
         self.targets = targets
         self.alpha = None if alpha is None else float(alpha)
         self.scale = (
@@ -95,7 +96,7 @@ class LoRA(Method):
         freeze(backbone)
 
         def lora(linear: nn.Linear) -> LoRALinear:
-            return LoRALinear(linear, self.rank, self.scale, self.dropout)
+            return self.layer(linear, self.rank, self.scale, self.dropout)
 
         inject(backbone, self.targets, lora)
         return Encoder(backbone, tasks)

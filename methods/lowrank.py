@@ -105,14 +105,6 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
-    @property
-    def weight(self) -> Tensor:
-        return self.base.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        return self.base.bias
-
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
         if self.merged:
@@ -279,10 +271,14 @@ class DoRALinear(LoRALinear):
         self.magnitude = nn.Parameter(row_norm(base.weight.detach()).clone())
         self._merge_ratio: Tensor | None = None
 
-    def ratio(self) -> Tensor:
-        """m / ||W + s B A|| per output feature (the norm detached)."""
-        direction = self.base.weight + self.lora.delta_weight()
-        return self.magnitude / row_norm(direction).detach()
+    def ratio(self, direction: Tensor | None = None) -> Tensor:
+        """m / ||W + s B A|| per output feature. The norm is a constant (computed without
+        autograd); `direction` is W + s B A when the caller has already formed it."""
+        with torch.no_grad():
+            if direction is None:
+                direction = self.base.weight + self.lora.delta_weight()
+            norm = row_norm(direction)
+        return self.magnitude / norm
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
@@ -292,14 +288,16 @@ class DoRALinear(LoRALinear):
 
     def delta_weight(self) -> Tensor:
         weight = self.base.weight
-        return self.ratio().unsqueeze(1) * (weight + self.lora.delta_weight()) - weight
+        direction = weight + self.lora.delta_weight()
+        return self.ratio(direction).unsqueeze(1) * direction - weight
 
     @torch.no_grad()
     def merge(self) -> None:
         if not self.merged:
-            ratio = self.ratio()
             weight = self.base.weight
-            merged = ratio.unsqueeze(1) * (weight + self.lora.delta_weight())
+            direction = weight + self.lora.delta_weight()
+            ratio = self.ratio(direction)
+            merged = ratio.unsqueeze(1) * direction
             weight.copy_(merged.to(weight.dtype))
             self._merge_ratio = ratio
             self.merged = True
@@ -343,8 +341,10 @@ class MultiTaskDoRALinear(MultiTaskLoRALinear):
         self.magnitude = nn.Parameter(row_norm(base.weight.detach()).clone())
 
     def ratio(self, update: LowRank) -> Tensor:
-        direction = self.base.weight + update.delta_weight()
-        return self.magnitude / row_norm(direction).detach()
+        """m / ||W + s B A|| per output feature for `update`, the norm a constant."""
+        with torch.no_grad():
+            norm = row_norm(self.base.weight + update.delta_weight())
+        return self.magnitude / norm
 
     def forward(
         self, x: Tensor, task_inputs: Mapping[str, Tensor] | None = None

@@ -73,7 +73,7 @@ from torch import Tensor, nn
 
 from benchmark.backbone import SwinBackbone, TaskStreams
 from benchmark.model import Encoder
-from methods.base import Method, freeze
+from methods.base import Method, freeze, positive_ints, unfreeze_norms
 from methods.lowrank import (
     DoRALinear,
     LoRALinear,
@@ -147,11 +147,10 @@ class MTLoRA(Method):
         dora: bool = False,
     ):
         super().__init__(name)
-        if rank < 1 or task_rank < 1:
-            raise ValueError(f"rank and task_rank must be >= 1, got {rank} and {task_rank}")
+        rank, task_rank = positive_ints(rank=rank, task_rank=task_rank)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.rank, self.task_rank = int(rank), int(task_rank)
+        self.rank, self.task_rank = rank, task_rank
         self.scale, self.dropout = float(scale), float(dropout)
         if not isinstance(dora, bool):
             raise ValueError(f"dora must be true or false, got {dora!r}")
@@ -187,10 +186,7 @@ class MTLoRA(Method):
         freeze(backbone)
         for p in backbone.patch_embed.parameters():
             p.requires_grad_(True)
-        for m in backbone.modules():
-            if isinstance(m, nn.LayerNorm):
-                for p in m.parameters():
-                    p.requires_grad_(True)
+        unfreeze_norms(backbone)
 
         def ts_lora(linear: nn.Linear) -> MultiTaskLoRALinear:
             layer = MultiTaskDoRALinear if self.dora else MultiTaskLoRALinear

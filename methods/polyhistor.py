@@ -94,22 +94,18 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import TaskContext
 from methods.adapters import (
+    UP_GAIN,
     AdapterSite,
-    GeneratedWeights,
     HyperEncoder,
     ScaledLinear,
-    TaskAdapter,
     TaskLayerEmbedding,
     TaskWeight,
     bottleneck_width,
-    insert_adapters,
+    hyper_encoder,
+    tasks_per_pass_option,
 )
-from methods.base import Method, freeze, positive_ints
-
-# The up-projection starts this much smaller than a fan-in initialisation (near identity).
-UP_GAIN = 1e-2
+from methods.base import Method, positive_ints
 
 
 class FactorHeads(nn.Module):
@@ -233,13 +229,11 @@ class Polyhistor(Method):
     ):
         super().__init__(name or "polyhistor")
         positive_ints(reduction=reduction, rank=rank, embed_dim=embed_dim, hidden=hidden)
-        if tasks_per_pass is not None and tasks_per_pass < 1:
-            raise ValueError(f"tasks_per_pass must be >= 1 or null, got {tasks_per_pass}")
+        self.tasks_per_pass = tasks_per_pass_option(tasks_per_pass)
         self.reduction = int(reduction)
         self.rank = int(rank)
         self.embed_dim = int(embed_dim)
         self.hidden = int(hidden)
-        self.tasks_per_pass = tasks_per_pass
 
     @property
     def label(self) -> str:
@@ -260,13 +254,10 @@ class Polyhistor(Method):
         )
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> HyperEncoder:
-        freeze(backbone)
-        context = TaskContext(tasks)
-        weights = GeneratedWeights()
-        sites = insert_adapters(backbone, lambda site: TaskAdapter(site.index, weights, context))
-        with torch.device(backbone.patch_embed.proj.weight.device):
-            generator = self.build_generator(backbone, sites, len(tasks))
-        return HyperEncoder(backbone, tasks, context, generator, weights, self.tasks_per_pass)
+        return hyper_encoder(
+            backbone, tasks, lambda sites: self.build_generator(backbone, sites, len(tasks)),
+            self.tasks_per_pass,
+        )
 
 
 class PolyhistorLite(Polyhistor):

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small synthetic splits so that command-line tests render in well under a second.
@@ -21,6 +22,16 @@ def cache_dir(tmp_path_factory) -> Path:
         os.environ.pop("MTPEFT_CACHE", None)
     else:
         os.environ["MTPEFT_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tests' tensors are tiny: one thread avoids the cost of keeping several in step,
+    which on a busy machine exceeds the work itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -11,34 +11,29 @@ from benchmark.losses import MultiTaskLoss
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import count
 from benchmark.params import main as params_main
-from benchmark.records import iter_records
 from benchmark.run import compose_all, expand
 from methods.adapter import HoulsbyAdapter
 from methods.adapters import AdaptedBranch, Adapter, HyperEncoder, ScaledLinear, TaskWeight
 from methods.bitfit import BitFit
 from methods.polyhistor import FactorHeads, Polyhistor, PolyhistorLite
-from tests.conftest import SMALL_DATA, run_cli
+from tests.helpers import (
+    DECODERS,
+    OUTPUTS,
+    SWIN_T_BLOCKS,
+    SWIN_T_NORMS,
+    SWIN_T_STAGES,
+    TASKS,
+    assert_gradients,
+    assert_overfits,
+)
 from tests.test_model import tiny_backbone
 
-TASKS = ["semseg", "human_parts", "sal", "normals"]
-OUTPUTS = {"semseg": 5, "human_parts": 7, "sal": 1, "normals": 3}
 METHODS = {
     "adapter": HoulsbyAdapter,
     "bitfit": BitFit,
     "polyhistor": Polyhistor,
     "polyhistor_lite": PolyhistorLite,
 }
-
-# Swin-T (SPEC 2.1): block widths, stage widths, and MTLoRA's decoders for PASCAL (SPEC 2.2).
-SWIN_T_BLOCKS = [96] * 2 + [192] * 2 + [384] * 6 + [768] * 2
-SWIN_T_STAGES = [96, 192, 384, 768]
-DECODERS = 1_946_624
-# Every LayerNorm: norm1 and norm2 of each block, the merging norms (4 d wide, stages 1-3),
-# the patch-embedding norm.
-SWIN_T_NORMS = (
-    sum(2 * 2 * d for d in SWIN_T_BLOCKS) + sum(2 * 4 * d for d in SWIN_T_STAGES[:3]) + 2 * 96
-)
-
 
 def expected_adapter(reduction: int = 1) -> int:
     # two adapters per block, each down d x m + m and up m x d + d
@@ -167,23 +162,10 @@ def _trainable_encoder_names(model) -> set[str]:
     return {n for n, p in model.encoder.named_parameters() if p.requires_grad}
 
 
-def assert_gradients_reach_trainable_only(model: MultiTaskModel, batch: dict) -> None:
-    """After one backward pass every trainable parameter has a non-zero gradient and no
-    frozen one has any; the decoders train."""
-    loss, _ = MultiTaskLoss(model.tasks)(model(batch["image"]), batch)
-    loss.backward()
-    for pname, p in model.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None and p.grad.abs().sum() > 0, pname
-        else:
-            assert p.grad is None, pname
-    assert all(p.requires_grad for p in model.decoders.parameters())
-
-
 @pytest.mark.parametrize("name", list(METHODS))
 def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
     model = _model(name)
-    assert_gradients_reach_trainable_only(model, _batch())
+    assert_gradients(model, _batch())
     trainable = _trainable_encoder_names(model)
     if name == "bitfit":
         biases = {n for n, _ in model.encoder.named_parameters() if n.endswith(".bias")}
@@ -204,30 +186,10 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
         }
 
 
-def assert_overfits(model: MultiTaskModel, batch: dict, steps: int = 8) -> None:
-    """A few AdamW steps on one batch lower the loss, and move every trainable encoder
-    parameter."""
-    criterion = MultiTaskLoss(model.tasks)
-    params = [p for p in model.parameters() if p.requires_grad]
-    encoder_before = [p.detach().clone() for p in model.encoder.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss, _ = criterion(model(batch["image"]), batch)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.85 * losses[0], losses
-    after = [p for p in model.encoder.parameters() if p.requires_grad]
-    assert all(not torch.equal(a, b) for a, b in zip(encoder_before, after))
-
-
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_overfits_a_tiny_batch(name):
     torch.manual_seed(0)
-    assert_overfits(_model(name), _batch())
+    assert_overfits(_model(name), _batch(), steps=8, lr=1e-3)
 
 
 @pytest.mark.parametrize("method", [Polyhistor, PolyhistorLite])
@@ -332,18 +294,3 @@ def test_invalid_options_are_refused():
         Polyhistor(rank=0)
     with pytest.raises(ValueError, match="template"):
         PolyhistorLite(reduction=64).build_encoder(tiny_backbone(), TASKS)
-
-
-@pytest.mark.slow
-def test_polyhistor_smoke_run_through_the_command_line(tmp_path):
-    results = tmp_path / "results"
-    proc = run_cli(
-        "benchmark.run", "method=polyhistor", "budget=smoke", *SMALL_DATA,
-        f"results_dir={results}", "progress=false", cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    records = {r["method"]: r for _, r in iter_records(results)}
-    run = records["polyhistor"]
-    assert run["status"] == "ok" and run["error"] is None
-    assert run["label"] == "polyhistor rank=16" and run["method_config"]["rank"] == 16
-    assert run["delta_m"] is not None

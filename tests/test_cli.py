@@ -3,8 +3,11 @@
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
+from benchmark.params import count
 from benchmark.records import iter_records
+from benchmark.run import compose_all, expand
 from tests.conftest import SMALL_DATA, run_cli
 
 SMOKE = ["budget=smoke", *SMALL_DATA]
@@ -59,8 +62,18 @@ def test_smoke_sweep_writes_valid_records_with_delta_m(tmp_path):
 
     assert set(records) == set(sweep_methods("full"))
     assert len(list(iter_records(results))) == len(records)  # the reference trained once
+    # the same configurations, and what `benchmark.params` counts for them
+    configs = compose_all(expand([*SMOKE, "sweep=full"]))
+    methods = {cfg.method.name: OmegaConf.to_container(cfg.method, resolve=True)
+               for cfg in configs}
+    counted = {row["method"]: row for row in map(count, configs)}
+    assert set(counted) == set(methods) == set(records)
     tasks = ["semseg", "human_parts", "sal", "normals"]
     for name, r in records.items():
+        row = counted[name]
+        assert r["label"] == row["label"], name
+        assert r["params"] == {k: row[k] for k in ("trainable", "total", "decoders")}, name
+        assert r["method_config"] == methods[name], name
         assert r["schema"] == 1 and r["status"] == "ok" and r["error"] is None
         assert r["tasks"] == tasks and r["dataset"] == "synthetic"
         assert r["backbone"] == "swin_micro" and r["budget"] == "smoke" and r["seed"] == 0
@@ -72,6 +85,9 @@ def test_smoke_sweep_writes_valid_records_with_delta_m(tmp_path):
         assert r["cost"]["train_seconds"] > 0 and r["cost"]["world_size"] == 1
         assert r["config"]["method"]["name"] == name
     assert records["single_task"]["delta_m"] == 0.0
+    # the configured defaults reach the records (the labels follow from them)
+    assert records["polyhistor"]["method_config"]["rank"] == 16
+    assert records["vpt_deep"]["method_config"]["num_prompts"] == 200
     decoders_only = records["decoders_only"]["params"]
     assert decoders_only["trainable"] == decoders_only["decoders"]
     assert records["full_ft"]["params"]["trainable"] == records["full_ft"]["params"]["total"]

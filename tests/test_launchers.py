@@ -70,6 +70,36 @@ def test_a_listed_single_task_run_is_its_own_reference_job(tmp_path):
     ]
 
 
+def test_the_summary_counts_jobs_apart_from_the_references_that_failed_inside_them(capsys):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from benchmark.launch import _summary
+
+    def job(status, run, failures=(), error=None):
+        outcome = {"status": status, "run": run, "error": error, "failures": list(failures)}
+        return JobReturn(overrides=[f"run={run}"], status=JobStatus.COMPLETED,
+                         _return_value=outcome)
+
+    returns = [
+        job("ok", "lora seed 0", failures=["single_task seed 0 (reference): diverged"]),
+        job("ok", "lora seed 1"),
+        job("failed", "mtlora seed 0", error="nan loss"),
+        job("busy", "mtlora seed 1"),
+        JobReturn(overrides=["method=dora"], status=JobStatus.FAILED,
+                  _return_value=RuntimeError("killed")),
+    ]
+    assert _summary(returns) == 1
+    out = capsys.readouterr().out
+    assert "5 jobs: 2 finished" in out
+    assert "1 runs were left to the processes training them" in out
+    assert "3 runs failed:" in out
+    for line in ("single_task seed 0 (reference): diverged", "mtlora seed 0: nan loss",
+                 "job method=dora: RuntimeError('killed')"):
+        assert f"  {line}" in out
+    assert _summary(returns[1:2]) == 0
+    assert "1 jobs: 1 finished" in capsys.readouterr().out
+
+
 def test_gpu_claims_are_exclusive_and_released(tmp_path):
     keys = ["gpu-a", "gpu-b"]
     with claim_one(keys, tmp_path) as first, claim_one(keys, tmp_path) as second:

@@ -18,6 +18,7 @@ from benchmark.model import (
 from benchmark.run import CONF_DIR
 from methods.decoders_only import DecodersOnly
 from methods.full_ft import FullFineTuning
+from tests.helpers import DECODERS
 
 PASCAL_OUTPUTS = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
 
@@ -48,9 +49,17 @@ def test_decoders_for_swin_tiny_and_pascal_have_exactly_the_mtlora_count():
     with torch.device("meta"):
         backbone = build_backbone(arch("swin_tiny"), 448, 0.0, load_weights=False)
         decoders = build_decoders(backbone, PASCAL_OUTPUTS)
-    assert count_parameters(decoders) == 1_946_624
-    # the harness drops timm's final norm and head: backbone + decoders = 29,464,442
-    assert count_parameters(backbone) + count_parameters(decoders) == 29_464_442
+    assert count_parameters(decoders) == DECODERS
+    # the harness drops timm's final norm (2 x 768) and its ImageNet head (768 x 1000 + 1000)
+    # from timm's Swin-T (28,288,354 parameters): backbone + decoders = 29,464,442
+    with torch.device("meta"):
+        timm_swin_t = build_swin(arch("swin_tiny"), 224, 0.0, num_classes=1000)
+    assert count_parameters(timm_swin_t) == 28_288_354
+    assert count_parameters(timm_swin_t.norm) == 2 * 768 == 1_536
+    assert count_parameters(timm_swin_t.head) == 768 * 1000 + 1000 == 769_000
+    assert count_parameters(backbone) + count_parameters(decoders) == (
+        28_288_354 - 1_536 - 769_000 + DECODERS
+    ) == 29_464_442
 
 
 def test_backbone_matches_timm_stage_by_stage():

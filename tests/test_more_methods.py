@@ -9,25 +9,22 @@ from torch import nn
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import count
 from benchmark.params import main as params_main
-from benchmark.records import iter_records
 from benchmark.run import compose_all, expand
 from methods.adapters import AdaptedBranch, Adapter, PHMAdapter, PHMLinear, phm_rule
 from methods.compacter import Compacter, CompacterPlusPlus
 from methods.prompts import PromptedWindowAttention
 from methods.vl_adapter import VLAdapter
 from methods.vpt import VPTDeep, VPTShallow
-from tests.conftest import SMALL_DATA, run_cli
-from tests.test_adapters import (
+from tests.helpers import (
     DECODERS,
     OUTPUTS,
     SWIN_T_BLOCKS,
     SWIN_T_NORMS,
     TASKS,
-    _batch,
-    assert_gradients_reach_trainable_only,
+    assert_gradients,
     assert_overfits,
-    expected_adapter,
 )
+from tests.test_adapters import _batch, expected_adapter
 from tests.test_model import tiny_backbone
 
 METHODS = {
@@ -203,7 +200,7 @@ def _model(name: str, **options) -> MultiTaskModel:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
     model = _model(name)
-    assert_gradients_reach_trainable_only(model, _batch())
+    assert_gradients(model, _batch())
     trainable = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
     norms = {
         f"{m_name}.{p_name}"
@@ -212,7 +209,7 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
     }
     adapters = {n for n in dict(model.encoder.named_parameters()) if ".adapter." in n}
     if name.startswith("vpt"):
-        assert trainable == {n for n in trainable if n.endswith(".attn.prompts")}
+        assert all(n.endswith(".attn.prompts") for n in trainable)
         assert len(trainable) == (8 if name == "vpt_deep" else 1)
     else:
         assert trainable == norms | adapters
@@ -222,7 +219,7 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_overfits_a_tiny_batch(name):
     torch.manual_seed(0)
-    assert_overfits(_model(name), _batch())
+    assert_overfits(_model(name), _batch(), steps=8, lr=1e-3)
 
 
 def test_invalid_options_are_refused():
@@ -234,21 +231,3 @@ def test_invalid_options_are_refused():
         CompacterPlusPlus(reduction=1.5)
     with pytest.raises(ValueError, match="reduction"):
         VLAdapter(reduction=0)
-
-
-@pytest.mark.slow
-def test_the_new_methods_run_through_the_command_line(tmp_path):
-    results = tmp_path / "results"
-    proc = run_cli(
-        "benchmark.run", "method=vpt_shallow,vpt_deep,compacter,compacter_pp,vl_adapter",
-        "budget=smoke", *SMALL_DATA, f"results_dir={results}", "progress=false", cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    records = {r["method"]: r for _, r in iter_records(results)}
-    assert set(METHODS) <= set(records)
-    for name in METHODS:
-        run = records[name]
-        assert run["status"] == "ok" and run["error"] is None, name
-        assert run["delta_m"] is not None, name
-    assert records["vpt_deep"]["method_config"]["num_prompts"] == 200
-    assert records["compacter_pp"]["label"] == "compacter_pp n=4 reduction=1"

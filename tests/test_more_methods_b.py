@@ -25,28 +25,22 @@ from methods.lowrank import (
 from methods.mtlora import MTLoRA, MTLoRAPlus
 from methods.tadformer import DynamicLowRank, TADFormer, TaskAdaptingBlock
 from tests.conftest import SMALL_DATA, run_cli
-from tests.test_lora import (
+from tests.helpers import (
+    DECODERS,
     PASCAL_SWIN_T,
+    SWIN_T_BLOCKS,
+    SWIN_T_STAGES,
     TASKS,
-    assert_same_features,
-    check_gradients,
-    check_overfits,
-    model_with,
-    one_thread,  # noqa: F401 (autouse fixture)
-    params_of,
-    randomise,
+    assert_gradients,
+    assert_overfits,
+    expected_mtlora,
+    ts_lora,
 )
+from tests.test_lora import assert_same_features, fake_batch, model_with, params_of, randomise
 from tests.test_model import tiny_backbone
-from tests.test_mtlora import UNUSED, shared_streams
+from tests.test_mtlora import ONE_TOKEN_TABLES, UNUSED, shared_streams
 
-# Swin-T (SPEC 2.1): block widths, stage widths, decoders for PASCAL (SPEC 2.2), and what
-# MTLoRA trains besides its low-rank factors (SPEC 3.1).
-SWIN_T_BLOCKS = [96] * 2 + [192] * 2 + [384] * 6 + [768] * 2
-SWIN_T_STAGES = [96, 192, 384, 768]
-DECODERS = 1_946_624
-MTLORA = {16: 4_953_146, 32: 6_083_642, 64: 8_344_634}
-MTLORA_PLUS = {16: 3_469_370, 32: 4_664_378, 64: 7_054_394}
-TS_LORA = 276_480  # task_rank 4, four tasks: proj, fc1, fc2 of the four last blocks
+TS_LORA = ts_lora()  # task_rank 4, four tasks: proj, fc1, fc2 of the four last blocks
 
 
 def expected_hyperformer(reduction=2, embed_dim=128, hidden=89, tasks=4) -> int:
@@ -79,7 +73,7 @@ def expected_tadformer(rank=64, task_rank=4, prompts=55, kernel=3, tasks=4) -> i
     # stage's prompts
     ta_modules = TS_LORA * task_rank // 4
     generators = tasks * len(SWIN_T_STAGES) * 3 * (task_rank + 1) * task_rank * kernel**2
-    return (MTLORA_PLUS[rank] - TS_LORA + ta_modules + generators
+    return (expected_mtlora(rank, plus=True) - TS_LORA + ta_modules + generators
             + tasks * prompts * sum(SWIN_T_STAGES))
 
 
@@ -117,18 +111,18 @@ def test_mtlora_counts_without_dora_stay_exact_and_dora_adds_the_magnitudes():
                      *PASCAL_SWIN_T)
     got = {(r["method"], r["label"]): r["trainable"] for r in rows}
     assert got == {
-        **{("mtlora", f"mtlora r={r}"): n for r, n in MTLORA.items()},
-        **{("mtlora_plus", f"mtlora+ r={r}"): n for r, n in MTLORA_PLUS.items()},
+        **{("mtlora", f"mtlora r={r}"): expected_mtlora(r, plus=False) for r in (16, 32, 64)},
+        **{("mtlora_plus", f"mtlora+ r={r}"): expected_mtlora(r, plus=True)
+           for r in (16, 32, 64)},
     }
     assert dora_magnitudes(plus=False) == 39_744 and dora_magnitudes(plus=True) == 41_088
     rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,64", "method.dora=true",
                      *PASCAL_SWIN_T)
     got = {(r["method"], r["label"]): r["trainable"] for r in rows}
     assert got == {
-        ("mtlora", "mtlora dora r=16"): MTLORA[16] + dora_magnitudes(plus=False),
-        ("mtlora", "mtlora dora r=64"): MTLORA[64] + dora_magnitudes(plus=False),
-        ("mtlora_plus", "mtlora+ dora r=16"): MTLORA_PLUS[16] + dora_magnitudes(plus=True),
-        ("mtlora_plus", "mtlora+ dora r=64"): MTLORA_PLUS[64] + dora_magnitudes(plus=True),
+        (method, f"{label} dora r={r}"): expected_mtlora(r, plus) + dora_magnitudes(plus)
+        for method, label, plus in (("mtlora", "mtlora", False), ("mtlora_plus", "mtlora+", True))
+        for r in (16, 64)
     }
     assert all(r["paper_trainable_m"] is None and r["encoder_mode"] == "task_streams"
                for r in rows)
@@ -191,6 +185,14 @@ def test_zero_initialised_updates_give_the_frozen_backbone_features(name):
         assert_same_features(encoder(x), plain(x, TASKS))  # every task, every stage
 
 
+def _unused(name: str, size: int = 64) -> tuple[str, ...]:
+    """MTLoRA's exception (UNUSED) in the methods built on its task streams, and at 32 px
+    the last stage's relative-position tables, which those methods train (ONE_TOKEN_TABLES)."""
+    if name in ("hyperformer", "dora"):
+        return ()
+    return UNUSED + (ONE_TOKEN_TABLES if size == 32 else ())
+
+
 def _trainable(model) -> set[str]:
     return {n for n, p in model.encoder.named_parameters() if p.requires_grad}
 
@@ -225,7 +227,7 @@ def test_frozen_parameters_get_no_gradient_and_every_trainable_one_does(name):
             assert len(magnitudes) == len(dora_layers) == 4 * 8 + (3 if "++" in name else 0)
     # MTLoRA's exception: the shared fc2 update of the very last block reaches no decoder;
     # its magnitude (DoRA) is shared with the task outputs and does train.
-    check_gradients(model, unused=UNUSED if name != "hyperformer" and name != "dora" else ())
+    assert_gradients(model, fake_batch(size=64), unused=_unused(name))
     if name == "mtlora+dora":
         assert names["backbone.stages.3.blocks.1.block.mlp.fc2.magnitude"].grad is not None
 
@@ -234,7 +236,7 @@ def test_frozen_parameters_get_no_gradient_and_every_trainable_one_does(name):
 def test_overfits_a_tiny_batch(name):
     backbone = tiny_backbone()
     model = model_with(BUILD[name]().build_encoder(backbone, TASKS), backbone)
-    check_overfits(model)
+    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=_unused(name, size=32))
     for pname, p in model.named_parameters():  # the zero-initialised parts have moved
         if pname.endswith((".b", ".kernels.weight")) and not pname.startswith(UNUSED):
             assert p.abs().sum() > 0, pname
@@ -366,7 +368,7 @@ def test_hyperformer_adam_step_moves_generated_weights_at_the_pace_of_direct_one
             return [t.clone() for pair in generator() for w in pair for t in (w.left, w.bias)]
 
     before = generated()
-    check_gradients(model, size=32)
+    assert_gradients(model, fake_batch(size=32))
     torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr).step()
     steps = [(a - b).abs().max().item() / lr for a, b in zip(generated(), before)]
     assert min(steps) > 0.1 and max(steps) < 10, steps  # a direct weight moves by lr
@@ -453,23 +455,6 @@ def test_tadformer_shared_stream_is_mtlora_plus_and_tasks_differ_through_their_m
 
 
 # --- command line -------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_smoke_run_of_the_new_methods_through_the_command_line(tmp_path):
-    results = tmp_path / "results"
-    proc = run_cli(
-        "benchmark.run", "method=hyperformer,dora,tadformer", "budget=smoke", *SMALL_DATA,
-        f"results_dir={results}", "progress=false", cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    records = {r["method"]: r for _, r in iter_records(results)}
-    labels = {"hyperformer": "hyperformer reduction=2", "dora": "dora r=35",
-              "tadformer": "tadformer r=64"}
-    for method, label in labels.items():
-        run = records[method]
-        assert run["status"] == "ok" and run["error"] is None, method
-        assert run["label"] == label and run["delta_m"] is not None, method
 
 
 @pytest.mark.slow

@@ -90,7 +90,7 @@ def test_flops_of_every_method_are_counted_in_training_and_inference(name):
     model = build_model(method, cfg, info, tasks, load_weights=False)
     batch = fake_batch(info, 2, CPU)
     params = [p for p in model.parameters() if p.requires_grad]
-    step = _step_fn(model, params, batch, MultiTaskLoss(tasks), torch.optim.AdamW(params),
+    step = _step_fn(model, batch, MultiTaskLoss(tasks), torch.optim.AdamW(params),
                     CPU, False)
     forward = _flops(_forward_fn(model.eval(), batch["image"], CPU, False))
     assert 0 < forward < _flops(step)

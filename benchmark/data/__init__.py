@@ -196,7 +196,7 @@ def load_dataset(cfg: DictConfig, progress: bool = True) -> MultiTaskData:
         raise UserError(f"dataset {cfg.name}: no loader; use synthetic, pascal_context or nyud")
     from benchmark.data import synthetic
 
-    root = Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else None
+    root = _cache_root(cfg)
     keep = ["image", *info.tasks]
     splits = {}
     for split, size in (("train", cfg.train_size), ("val", cfg.val_size)):
@@ -457,14 +457,7 @@ class BatchLoader:
         image = raw["image"].permute(0, 3, 1, 2)
         batch = {"image": (image.float() - self._mean) / self._std}
         for task in self.tasks:
-            label = raw[task]
-            if task == "normals":
-                label = label.permute(0, 3, 1, 2).float()
-            elif task == "depth":
-                label = label.unsqueeze(1).float()
-            else:
-                label = label.long()
-            batch[task] = label
+            batch[task] = _label(task, raw[task], None)
         if flip is not None and bool(flip.any()):
             flip = flip.to(self.device, non_blocking=True)
             for key, value in batch.items():

@@ -17,7 +17,7 @@ USAGE = "usage: python -m benchmark.data verify dataset=pascal_context|nyud data
 
 
 def verify(overrides: Sequence[str], progress: bool = True) -> int:
-    from benchmark.data import REAL_DATASETS, dataset_info, make_layout
+    from benchmark.data import REAL_DATASETS, make_layout
     from benchmark.data.prepared import MAX_PROBLEMS
     from benchmark.data.prepared import verify as verify_layout
     from benchmark.run import compose_all
@@ -27,7 +27,6 @@ def verify(overrides: Sequence[str], progress: bool = True) -> int:
         raise UserError(
             f"verify checks {' or '.join(REAL_DATASETS)}; got dataset={cfg.dataset.name}"
         )
-    dataset_info(cfg.dataset)
     layout = make_layout(cfg.dataset)
     report = verify_layout(layout, progress=progress and cfg.progress)
     counts = ", ".join(f"{split} {n} images" for split, n in report.counts.items())

@@ -84,6 +84,10 @@ class Sample:
             self._size = image_size(self.layout.image_path(self.id))
         return self._size
 
+    def _path(self, folder: str, suffix: str) -> Path:
+        """This image's file in `folder` (relative to the root), named `<id><suffix>`."""
+        return self.layout.root / folder / f"{self.id}{suffix}"
+
     def _image(self) -> np.ndarray:
         image = read_image(self.layout.image_path(self.id))
         self._size = image.shape[:2]
@@ -184,6 +188,20 @@ class Layout:
                     f"{self.root / folder} is missing: dataset.root={self.root} does not hold "
                     f"{self.expected} ({self.release})"
                 )
+
+
+# -- labels ----------------------------------------------------------------------------------
+
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    """1 where a 4-neighbour has another label (both sides of a boundary), else 0."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    dx = labels[:, 1:] != labels[:, :-1]
+    dy = labels[1:, :] != labels[:-1, :]
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    edge[1:, :] |= dy
+    edge[:-1, :] |= dy
+    return edge.astype(np.uint8)
 
 
 # -- file readers ------------------------------------------------------------------------------

@@ -36,9 +36,6 @@ NUM_CLASSES = 40
 class NyudSample(Sample):
     layout: NyudLayout
 
-    def _path(self, folder: str, suffix: str) -> Path:
-        return self.layout.root / folder / f"{self.id}{suffix}"
-
     def _sources_semseg(self) -> list[Path]:
         return [self._path("segmentation", ".png")]
 

@@ -35,6 +35,7 @@ from benchmark.data.layout import (
     DataError,
     Layout,
     Sample,
+    boundaries,
     read_mat,
     read_png_grey,
     read_png_rgb,
@@ -95,23 +96,8 @@ def human_parts_map(mat: dict, shape: tuple[int, int], path: Path) -> np.ndarray
     return out
 
 
-def boundaries(labels: np.ndarray) -> np.ndarray:
-    """1 where a 4-neighbour has another label (both sides of a boundary), else 0."""
-    edge = np.zeros(labels.shape, dtype=bool)
-    dx = labels[:, 1:] != labels[:, :-1]
-    dy = labels[1:, :] != labels[:-1, :]
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    edge[1:, :] |= dy
-    edge[:-1, :] |= dy
-    return edge.astype(np.uint8)
-
-
 class PascalSample(Sample):
     layout: PascalContextLayout
-
-    def _path(self, folder: str, suffix: str) -> Path:
-        return self.layout.root / folder / f"{self.id}{suffix}"
 
     def _semseg_path(self) -> Path:
         voc = self._path("semseg/VOC12", ".png")

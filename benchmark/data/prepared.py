@@ -26,7 +26,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.data.layout import DataError, Layout
+from benchmark.atomic import atomic_write
+from benchmark.data.layout import ArraySpec, DataError, Layout
+from benchmark.data.synthetic import pool_context
 from benchmark.errors import UserError
 
 CACHE_VERSION = 1
@@ -97,8 +98,8 @@ def load_split(
     directory = split_dir(layout, split, cache_root)
     head = [f"v{CACHE_VERSION}", layout.name, split, *ids]
 
-    image_key = _digest([*head, "image", *(_stamp(s.sources("image")[0], layout.root)
-                                           for s in samples)])
+    image_stamps = [_stamp(p, layout.root) for s in samples for p in s.sources("image")]
+    image_key = _digest([*head, "image", *image_stamps])
     sizes_path = directory / f"sizes-{image_key}.npy"
     sizes = _open(sizes_path, (len(ids), 2), np.int32)
     if sizes is None:
@@ -112,11 +113,12 @@ def load_split(
     missing: dict[str, Path] = {}
     for name in layout.array_names:
         spec = layout.array_specs[name]
-        stamps = [_stamp(p, layout.root) for s in samples for p in s.sources(name)]
+        stamps = image_stamps if name == "image" else [
+            _stamp(p, layout.root) for s in samples for p in s.sources(name)
+        ]
         key = _digest([*head, name, str(spec), f"{canvas}", image_key, *stamps])
         path = directory / f"{name}-{key}.npy"
-        shape = (len(ids), *canvas, *((spec.channels,) if spec.channels else ()))
-        array = _open(path, shape, spec.dtype)
+        array = _open(path, _file_shape(len(ids), canvas, spec), spec.dtype)
         if array is None:
             missing[name] = path
         else:
@@ -127,6 +129,11 @@ def load_split(
             arrays[name] = np.load(path, mmap_mode="c")
             _remove_stale(directory, name, path)
     return PreparedSplit(ids, sizes, arrays)
+
+
+def _file_shape(n: int, canvas: tuple[int, int], spec: ArraySpec) -> tuple[int, ...]:
+    """(N, H, W) or (N, H, W, C): the shape of an array's file for `n` images."""
+    return (n, *canvas, *((spec.channels,) if spec.channels else ()))
 
 
 def _read_sizes(samples, layout: Layout) -> np.ndarray:
@@ -156,17 +163,13 @@ def _open(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray | None:
     return array
 
 
+def _tmp_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def _write_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda fh: np.save(fh, array), tmp=_tmp_path(path))
 
 
 def _remove_stale(directory: Path, name: str, keep: Path) -> None:
@@ -182,13 +185,13 @@ def _build(layout, split, samples, canvas, missing: dict[str, Path], progress, w
 
     n = len(samples)
     names = list(missing)
-    tmps = {name: p.with_name(f".{p.name}.{os.getpid()}.tmp") for name, p in missing.items()}
+    tmps = {name: _tmp_path(p) for name, p in missing.items()}
     next(iter(missing.values())).parent.mkdir(parents=True, exist_ok=True)
     outputs = {}
     try:
         for name in names:
             spec = layout.array_specs[name]
-            shape = (n, *canvas, *((spec.channels,) if spec.channels else ()))
+            shape = _file_shape(n, canvas, spec)
             outputs[name] = open_memmap(tmps[name], mode="w+", dtype=spec.dtype, shape=shape)
         desc = f"preparing {layout.name} {split} ({', '.join(names)})"
         ids = [s.id for s in samples]
@@ -242,12 +245,6 @@ def _check(layout: Layout, ids: list[str], names: list[str]) -> list[list[str]]:
     return out
 
 
-def _pool_context():
-    # Workers only decode files with PIL, scipy and numpy; forking spares re-importing.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else None)
-
-
 def _map_samples(
     fn: Callable, layout: Layout, ids: list[str], names: list[str], workers: int | None,
     progress: bool, desc: str,
@@ -269,7 +266,7 @@ def _map_samples(
                     yield s + j, result
                 bar.update(e - s)
         else:
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_pool_context()) as ex:
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=pool_context()) as ex:
                 # A bounded window of chunks in flight keeps memory flat on large splits.
                 pending: dict[int, concurrent.futures.Future] = {}
                 window = 4 * workers

@@ -84,15 +84,16 @@ from __future__ import annotations
 
 import colorsys
 import concurrent.futures
-import contextlib
 import math
 import multiprocessing
 import os
 import pathlib
-import tempfile
 from functools import lru_cache
 
 import numpy as np
+
+from benchmark.atomic import atomic_write
+from benchmark.data.layout import boundaries
 
 RENDER_VERSION = 2
 
@@ -103,7 +104,6 @@ SHAPE_CLASSES = ("sphere", "box", "cylinder", "cone", "ellipsoid", "pyramid")
 SEMSEG_CLASSES: tuple[str, ...] = ("background", "figure", *SHAPE_CLASSES)
 NUM_SEMSEG_CLASSES = len(SEMSEG_CLASSES)
 FIGURE_CLASS = 1
-HUMAN_PARTS = ("background", "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg")
 UPSTREAM_CLASSES: tuple[str, ...] = (*SHAPE_CLASSES, "figure", "capsule", "octahedron", "ring")
 
 SALIENT_DISTANCE = 3.5  # metres, horizontal distance from the camera to the object's footprint
@@ -588,8 +588,8 @@ def _make_shape(rng, name):
 
 
 def _make_figure(rng, height):
-    """An articulated figure in its own frame (y down, facing +z, feet on y = 0). Returns
-    its primitives (part ids set) and the pelvis position."""
+    """An articulated figure in its own frame (y down, facing +z, feet on y = 0): its
+    primitives, with their part ids set."""
     H = height
     lean = _rot_z(rng.normal(0.0, 0.06)) @ _rot_x(-rng.uniform(-0.15, 0.4))
     twist = _rot_y(rng.normal(0.0, 0.2))
@@ -621,8 +621,7 @@ def _make_figure(rng, height):
         parts += [up_arm, low_arm, up_leg, low_leg]
     lowest = max(_lowest(p) for p in parts)
     shift = np.array([0.0, -lowest, 0.0])
-    parts = [p.moved(np.eye(3), shift) for p in parts]
-    return parts, shift
+    return [p.moved(np.eye(3), shift) for p in parts]
 
 
 def _lowest(pr):
@@ -817,7 +816,7 @@ def _sample_scene(rng, cam) -> _Scene:
     floor_y = cam.height
     for _ in range(n_fig):
         height = rng.uniform(1.5, 2.0)
-        parts, _ = _make_figure(rng, height)
+        parts = _make_figure(rng, height)
         spot = _place(rng, cam, taken, 0.35 * height, FIGURE_DISTANCES)
         if spot is None:
             continue
@@ -1009,12 +1008,6 @@ def _finish_image(samples: np.ndarray, noise: float, rng) -> np.ndarray:
 
 def render_scene(seed: int, split: str, index: int, image_size: int) -> dict[str, np.ndarray]:
     """One image and all its labels (see the module docstring for the definitions)."""
-    return _render_scene(seed, split, index, image_size)[0]
-
-
-def _render_scene(seed: int, split: str, index: int, image_size: int):
-    """The arrays of `render_scene`, the instance map (0 sky, 1 ground, 2.. objects) and the
-    scene description."""
     cam_ss, scene_ss, noise_ss = _streams(_SCENE_DOMAIN, seed, split, index)
     n = int(image_size)
     cam = _camera_from(cam_ss, n)
@@ -1028,7 +1021,7 @@ def _render_scene(seed: int, split: str, index: int, image_size: int):
     hc = hit[centre]
     pid_c = pid[: n * n]
     lookup = np.array([0, 0] + [p.inst for p in sc.prims], dtype=np.int32)  # pid + 2
-    inst = lookup[pid_c + 2].reshape(n, n)
+    inst = lookup[pid_c + 2].reshape(n, n)  # 0 sky, 1 ground, 2.. objects
     inst[pid_c.reshape(n, n) == -1] = 0  # sky
     inst[pid_c.reshape(n, n) == -2] = 1  # ground
     classes = np.asarray(sc.classes, dtype=np.uint8)
@@ -1046,23 +1039,15 @@ def _render_scene(seed: int, split: str, index: int, image_size: int):
     nrm[hc] = np.stack(cam.to_camera(*normals[centre].T), axis=1)
     nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
 
-    edge = np.zeros((n, n), dtype=bool)
-    dh = inst[:, 1:] != inst[:, :-1]
-    dv = inst[1:, :] != inst[:-1, :]
-    edge[:, 1:] |= dh
-    edge[:, :-1] |= dh
-    edge[1:, :] |= dv
-    edge[:-1, :] |= dv
-    labels = {
+    return {
         "image": image,
         "semseg": semseg,
         "human_parts": human,
         "sal": sal,
         "normals": nrm.reshape(n, n, 3).astype(np.float32),
         "depth": depth.reshape(n, n).astype(np.float32),
-        "edge": edge.astype(np.uint8),
+        "edge": boundaries(inst),
     }
-    return labels, inst, sc
 
 
 # ----------------------------------------------------------------------------------------
@@ -1102,7 +1087,7 @@ def render_upstream_image(seed: int, split: str, index: int, image_size: int):
     label = int(rng.integers(len(UPSTREAM_CLASSES)))
     name = UPSTREAM_CLASSES[label]
     if name == "figure":
-        prims, _ = _make_figure(rng, rng.uniform(1.5, 2.0))
+        prims = _make_figure(rng, rng.uniform(1.5, 2.0))
         frame_c = next(p for p in prims if p.part == 2).c.copy()
     else:
         prims, _ = _make_shape(rng, name)
@@ -1182,8 +1167,10 @@ def _empty(kind: str, n: int) -> dict[str, np.ndarray]:
     }
 
 
-def _pool_context():
-    # Workers only run numpy; forking avoids re-importing the parent's modules in each one.
+def pool_context():
+    """The multiprocessing context of the worker pools that render scenes or decode real
+    data: workers only run numpy (and PIL and scipy), so forking, where the platform offers
+    it, spares re-importing the parent's modules in each one."""
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else None)
 
@@ -1211,7 +1198,7 @@ def _render_many(kind, seed, split, size, image_size, progress, workers):
                 parts.append(_render_chunk(kind, seed, split, s, e, image_size))
                 bar.update(e - s)
         else:
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_pool_context()) as ex:
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=pool_context()) as ex:
                 futures = [ex.submit(_render_chunk, kind, seed, split, s, e, image_size)
                            for s, e in bounds]
                 for (s, e), fut in zip(bounds, futures, strict=True):
@@ -1274,18 +1261,7 @@ def _read_cache(path: pathlib.Path, expected: dict[str, np.ndarray]):
 
 
 def _write_cache(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **arrays), prefix=path.name + ".")
 
 
 def _load(kind, seed, split, size, image_size, root, progress):
