@@ -49,9 +49,18 @@ the decoders (the harness). Frozen: qkv, proj, fc1, fc2 weights and biases and t
 reductions. The TPC LayerNorms of the blocks that are not last in their stage are created
 and counted, as in the official code, but never used (no gradient).
 
-Choices where the official code is silent or broken: the r = 16 configuration of the
-release lacks the two gate switches and fails; we run r = 16 like r = 32 and 64 (gate on,
-skip map on). The prompt count per task is 1, the only value the official TPC supports.
+Where we differ from the release, or choose where it is silent:
+
+- The dynamic task filter is on by default (the release runs the static one); its 1 x 1
+  generator is an `nn.Linear` on the pooled vector, the same map with the same initial
+  distribution.
+- The release's r = 16 configuration lacks the two gate switches and fails at the first
+  forward; we run r = 16 like r = 32 and 64 (skip map and stage-wise gate on).
+- One prompt per task, the only count the official TPC supports; no option.
+- The prompts' MLP update runs the shared layers as the image tokens do, LoRA dropout
+  included; drop path draws its own mask for the prompts.
+- A map whose side is not a multiple of the window is zero-padded as timm pads it, and the
+  prompts are averaged over the padded windows too (Swin-T at 448 never pads).
 
 Count for Swin-T at 448 (block widths summing to 4,416) with four PASCAL tasks, r = rank:
 
