@@ -107,6 +107,9 @@ class FakeCuda:
         patch("get_device_name", lambda device=None: self.name)
         patch("get_rng_state", lambda device=None: torch.get_rng_state())
         patch("set_rng_state", lambda state, device=None: None)
+        # the optimisers ask the accelerator whether a CUDA graph is being captured
+        monkeypatch.setattr(torch.accelerator, "current_accelerator",
+                            lambda check_available=False: None)
         monkeypatch.setattr(torch, "autocast", self._autocast)
         monkeypatch.setattr(torch.amp, "GradScaler", self._scaler)
         monkeypatch.setattr(torch.Tensor, "to", self._wrap_to(torch.Tensor.to))
