@@ -3,8 +3,8 @@
 AdamW (betas 0.9/0.999, eps 1e-8) with weight decay on matrices only; the learning rates
 of the budget scaled by batch * world / 512; linear warm-up then cosine decay, per step;
 gradient-norm clipping; the precision of `benchmark.precision` (bf16 autocast on CUDA by
-default, fp16 with a gradient scaler, or fp32; evaluation in fp32); the task-weighted loss of SPEC 1.1; metrics
-from streaming meters over the validation split.
+default, fp16 with a gradient scaler, or fp32; evaluation in fp32); the task-weighted loss
+of SPEC 1.1; metrics from streaming meters over the validation split.
 
 How fast it runs (`Execution`, none of which changes what is computed beyond rounding):
 the training loop never waits for the device except once per epoch (the epoch's loss);
@@ -535,10 +535,9 @@ def resolve_device(name: str) -> torch.device:
             raise UserError(f"unknown device={name}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA device is visible; use device=cpu or auto")
-    if device.type == "cuda" and device.index is not None:
-        if device.index >= torch.cuda.device_count():
-            raise UserError(
-                f"device={name} but {torch.cuda.device_count()} CUDA devices are visible; "
-                f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-            )
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise UserError(
+            f"device={name} but {count} CUDA devices are visible; use cuda:0 to cuda:{count - 1}"
+        )
     return distributed.device_for(device)
