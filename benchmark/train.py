@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,6 +59,11 @@ class GroupResult:
     peak_memory_mb: float | None
     memory_kind: str
     final_loss: float
+    # per task, the mean unweighted training loss of each epoch (None: an epoch run before
+    # curves were recorded, by a resumed run)
+    loss_curve: dict[str, list[float | None]] = field(default_factory=dict)
+    # with `eval_every=N`: {"epoch": k, "metrics": ...} every N epochs and after the last
+    val_curve: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Execution:
     channels_last: bool = False  # NHWC images and convolution weights
     data_on_gpu: float = 0.25  # share of free GPU memory the training split may take
     prefetch: int = 2  # batches prepared ahead when the data stays in host memory
+    eval_every: int = 0  # epochs between validation passes for the curves (0: only at the end)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Execution:
@@ -77,6 +83,7 @@ class Execution:
             channels_last=bool(cfg.channels_last),
             data_on_gpu=float(cfg.data_on_gpu),
             prefetch=int(cfg.prefetch),
+            eval_every=int(cfg.get("eval_every", 0)),
         )
 
 
@@ -180,7 +187,8 @@ def train_and_evaluate(
         for epoch in range(state.epoch, budget.epochs):
             with Stopwatch(device) as watch:
                 loader.set_epoch(epoch)
-                epoch_loss = torch.zeros((), device=device)
+                # the weighted loss, then each task's loss, summed over the epoch's steps
+                epoch_loss = torch.zeros(1 + len(tasks), device=device)
                 for batch in loader:
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(state.step)
@@ -190,7 +198,7 @@ def train_and_evaluate(
                     try:
                         with autocast(device, budget.amp):
                             outputs = step_model(images)
-                        loss, _ = criterion(outputs, batch)
+                        loss, task_losses = criterion(outputs, batch)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                     except torch.cuda.OutOfMemoryError:
@@ -200,15 +208,19 @@ def train_and_evaluate(
                         ) from None
                     torch.nn.utils.clip_grad_norm_(params, budget.clip_grad)
                     optimizer.step()
-                    epoch_loss += loss.detach()
+                    epoch_loss += torch.stack([loss.detach(), *(task_losses[t] for t in tasks)])
                     state.step += 1
                     state.images += images.shape[0] * world.size
                     bar.update()
                 # the mean over every rank's batches, so that all ranks take the same
                 # decisions below; one host sync per epoch
-                state.last_loss = (distributed.all_reduce_(epoch_loss, "mean") / len(loader)).item()
+                means = (distributed.all_reduce_(epoch_loss, "mean") / len(loader)).tolist()
+                state.last_loss = means[0]
             state.epoch = epoch + 1
             state.seconds += watch.seconds
+            for task, value in zip(tasks, means[1:]):
+                curve = state.loss_curve.setdefault(task, [])
+                curve += [None] * (epoch - len(curve)) + [value]
             bar.set_postfix(epoch=epoch + 1, loss=f"{state.last_loss:.3f}")
             if not math.isfinite(state.last_loss):
                 bar.close()
@@ -217,6 +229,14 @@ def train_and_evaluate(
                     f"(budget.lr={budget.lr})"
                 )
             last = state.epoch == budget.epochs
+            if execution.eval_every > 0 and state.epoch % execution.eval_every == 0 and not last:
+                # outside the stopwatch: no part of the training time; the model is left
+                # in eval mode only here, and no RNG is drawn, so the run's result is the same
+                state.val_curve.append(
+                    {"epoch": state.epoch,
+                     "metrics": evaluate(model, data, budget, device, prefetch)}
+                )
+                model.train()
             if checkpoint is not None and checkpoint_every > 0 and (
                 state.epoch % checkpoint_every == 0 or last
             ):
@@ -227,6 +247,9 @@ def train_and_evaluate(
     distributed.check_replicas(model)
 
     metrics = evaluate(model, data, budget, device, prefetch)
+    val_curve = list(state.val_curve)
+    if execution.eval_every > 0:
+        val_curve.append({"epoch": state.epoch, "metrics": metrics})
     peaks = [p for p in distributed.gather(_max(state.peak_memory_mb, memory.mb)) if p]
     return GroupResult(
         tasks=tasks,
@@ -239,6 +262,8 @@ def train_and_evaluate(
         peak_memory_mb=max(peaks) if peaks else None,  # per process; the largest over ranks
         memory_kind=memory.kind,
         final_loss=state.last_loss,
+        loss_curve=state.loss_curve,
+        val_curve=val_curve,
     )
 
 
@@ -298,6 +323,8 @@ class TrainState:
     peak_memory_mb: float | None = None
     last_loss: float = float("nan")
     world_size: int = 1  # the shards and the step count depend on it
+    loss_curve: dict = field(default_factory=dict)  # GroupResult.loss_curve so far
+    val_curve: list = field(default_factory=list)  # GroupResult.val_curve so far
 
 
 def _rng_state(device: torch.device) -> dict:
