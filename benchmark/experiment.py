@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import platform
 import subprocess
@@ -298,10 +299,33 @@ def make_record(cfg, method, directory: Path, results: list[GroupResult], refere
             **execution_cost(results),
         },
         "final_loss": {"+".join(r.tasks): r.final_loss for r in results},
+        "curves": learning_curves(results),
         "run_dir": str(directory),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
     }
+
+
+def learning_curves(results: list[GroupResult]) -> dict:
+    """The record's `curves`: per task the mean training loss of each epoch (index 0 is
+    epoch 1), and with `eval_every` the validation metrics of every evaluated epoch, the
+    task groups of one method merged. Non-finite values become null (strict JSON)."""
+
+    def finite(value):
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value if value is None or math.isfinite(value) else None
+
+    val: dict[int, dict] = {}
+    for r in results:
+        for point in r.val_curve:
+            val.setdefault(point["epoch"], {}).update(point["metrics"])
+    return finite({
+        "train_loss": {t: c for r in results for t, c in r.loss_curve.items()},
+        "val": [{"epoch": epoch, "metrics": val[epoch]} for epoch in sorted(val)],
+    })
 
 
 def summary_line(record: dict) -> str:

@@ -26,6 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from benchmark.stats import interval
+
 Colour = tuple[float, float, float]
 
 REFERENCE_COLOUR: Colour = (0.3, 0.3, 0.3)
@@ -60,7 +62,8 @@ SAVE_METADATA = {
 
 @dataclass(frozen=True)
 class Point:
-    """One configuration in a trade-off figure: means and standard deviations (None: n=1)."""
+    """One configuration in a trade-off figure: means and the half-widths of their 95 %
+    intervals (None: n=1)."""
 
     label: str
     x: float
@@ -73,6 +76,12 @@ class Point:
 class Style:
     colour: Colour
     marker: str
+
+
+def _half_width(values: Sequence[float]) -> float:
+    """The half-width of the 95 % t interval of `values` (0 below two values)."""
+    found = interval(values)
+    return 0.0 if found is None or found.half_width is None else found.half_width
 
 
 def natural_key(text: str) -> list:
@@ -396,7 +405,8 @@ def change_figure(
     title: str,
     ylabel: str = "change vs single task (%, up is better)",
 ) -> list[Path]:
-    """Grouped bars: for each group (a task, or Δm) one bar per label, mean ± std of seeds.
+    """Grouped bars: for each group (a task, or Δm) one bar per label, the mean over seeds
+    with its 95 % t interval as the error bar.
 
     `changes[label][group]` holds the per-seed values; labels are drawn in the given order.
     """
@@ -412,7 +422,7 @@ def change_figure(
         for i, label in enumerate(labels):
             values = [list(changes[label].get(g, ())) for g in groups]
             means = [float(np.mean(v)) if v else np.nan for v in values]
-            errs = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
+            errs = [_half_width(v) for v in values]
             centres = np.arange(len(groups)) - 0.4 + width * (i + 0.5)
             ax.bar(
                 centres, means, width=width * 0.92, color=styles[label].colour, label=label,
@@ -429,3 +439,65 @@ def change_figure(
         ax.set_title(title)
         fig.legend(loc="outside right upper", frameon=False, title="configuration")
         return _save(fig, stem)
+
+
+def build_curves_figure(
+    panels: Mapping[str, Mapping[str, object]],
+    styles: Mapping[str, Style],
+    *,
+    title: str,
+    columns: int = 4,
+) -> Figure | None:
+    """Small multiples: one panel per entry of `panels`, one line per configuration.
+
+    `panels[title][label]` holds an object with `epochs`, `mean` and `half_width` (the
+    95 % interval's half-width per epoch, or None), drawn as a line with a shaded band.
+    None when there is nothing to draw."""
+    panels = {k: v for k, v in panels.items() if v}
+    if not panels:
+        return None
+    columns = min(columns, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    labels = sorted({label for curves in panels.values() for label in curves}, key=natural_key)
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(2.6 * columns + 1.8, 2.3 * rows + 0.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(rows, columns, squeeze=False)
+        for ax, (name, curves) in zip(axes.flat, panels.items()):
+            for label in labels:
+                if label not in curves:
+                    continue
+                curve, style = curves[label], styles[label]
+                ax.plot(curve.epochs, curve.mean, color=style.colour, marker=style.marker,
+                        ms=3, lw=1.1, label=label)
+                bands = [(e, m, h) for e, m, h in zip(curve.epochs, curve.mean,
+                                                      curve.half_width) if h is not None]
+                if len(bands) > 1:
+                    e, m, h = (np.asarray(v, float) for v in zip(*bands))
+                    ax.fill_between(e, m - h, m + h, color=style.colour, alpha=0.15, lw=0)
+            ax.set_title(name, fontsize=8.5)
+            ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        handles = {}
+        for ax in axes.flat:
+            for line in ax.get_lines():
+                handles.setdefault(line.get_label(), line)
+        fig.legend([handles[k] for k in labels if k in handles],
+                   [k for k in labels if k in handles],
+                   loc="outside right upper", frameon=False, title="configuration")
+        fig.suptitle(title, fontsize=10)
+        return fig
+
+
+def curves_figure(
+    panels: Mapping[str, Mapping[str, object]],
+    styles: Mapping[str, Style],
+    stem: Path,
+    *,
+    title: str,
+) -> list[Path]:
+    """`build_curves_figure` saved as `stem`.png and `stem`.svg; [] when nothing is drawn."""
+    fig = build_curves_figure(panels, styles, title=title)
+    return [] if fig is None else _save(fig, stem)

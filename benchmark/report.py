@@ -8,12 +8,18 @@ Reads result records only (never the training code) and writes, per comparison g
                                          figures, and for PASCAL-Context with Swin-T the
                                          published numbers beside ours
     output_dir/<group>/summary.csv       one row per configuration label
+    output_dir/<group>/*.tex             the LaTeX (booktabs) twin of each table of the page
     output_dir/<group>/*.png, *.svg      Δm against trainable parameters, peak memory and
-                                         training time (Pareto fronts), per-task change
+                                         training time (Pareto fronts), per-task change,
+                                         learning curves
 
-Seeds are aggregated as mean ± sample standard deviation. Δm (SPEC 1.4) is recomputed from
-the metrics against the single-task reference of the same group, matched by seed, or the
-mean of the references when that seed has none; the `delta_m` stored in a record is never
+Seeds are aggregated as the mean with its 95 % Student t interval (`benchmark.stats`), and
+each configuration is compared, paired over the seeds, with the best one and with full
+fine-tuning; one that cannot be told apart from the best is marked as tied. With one seed the
+page says so and prints the command that runs three (`benchmark.rerun`, which reads the
+shipped config files to name only the overrides that differ). Δm (SPEC 1.4) is recomputed
+from the metrics against the single-task reference of the same group, matched by seed, or
+the mean of the references when that seed has none; the `delta_m` stored in a record is never
 used. Failed runs are listed as failed rows with their error. A malformed record is named on
 stderr and skipped. The same records give byte-identical markdown, CSV and SVG files.
 """
@@ -34,10 +40,11 @@ from pathlib import Path
 import matplotlib
 from tabulate import tabulate
 
-from benchmark import plots
+from benchmark import curves, latex, plots, stats
 from benchmark.errors import UserError, report_user_error
 from benchmark.metrics import delta_m
 from benchmark.records import iter_records, slug
+from benchmark.rerun import seeds_commands
 from benchmark.tasks import TASKS
 
 REFERENCE = "single_task"
@@ -77,7 +84,10 @@ FIGURES = {
     "memory": "delta_m_vs_memory",
     "time": "delta_m_vs_time",
     "change": "per_task_change",
+    "curves": "learning_curves",
 }
+TABLES = {"relative": "relative_performance", "published": "published_numbers"}
+THREE_SEEDS = (0, 1, 2)
 MEMORY_KINDS = {"cuda_allocated": "CUDA allocated", "cpu_rss_increase": "CPU RSS increase"}
 
 
@@ -246,6 +256,10 @@ class Row:
     def mean_delta_m(self) -> float | None:
         return mean_std(self.delta_m)[0]
 
+    @property
+    def delta_m_by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds, self.delta_m)) if self.delta_m else {}
+
 
 @dataclass
 class Group:
@@ -273,6 +287,17 @@ class Group:
     @property
     def failed_rows(self) -> list[Row]:
         return [r for r in self.rows if r.failed]
+
+    @property
+    def max_seeds(self) -> int:
+        return max((len(r.runs) for r in self.ok_rows), default=0)
+
+    def standings(self) -> dict[str, stats.Standing]:
+        """Each scored row against the best row (the first: rows are sorted by Δm) and
+        against full fine-tuning, paired over the seeds on Δm."""
+        scores = {r.label: r.delta_m_by_seed for r in self.ok_rows if r.delta_m_by_seed}
+        full = next((r.label for r in self.ok_rows if r.method == FULL_FT), None)
+        return stats.standings(scores, next(iter(scores), None), full)
 
     def full_ft_trainable(self) -> float | None:
         rows = [r for r in self.ok_rows if r.method == FULL_FT and r.params("trainable")]
@@ -410,14 +435,32 @@ def _number(value: float, digits: int, sign: bool = False) -> str:
 
 
 def _stat(values: Sequence[float], digits: int, sign: bool = False) -> tuple[float | None, str]:
-    """(mean rounded as shown, 'mean ± std') or (None, '–')."""
-    mean, std = mean_std(values)
-    if mean is None:
+    """(mean rounded as shown, 'mean ± half-width of its 95 % interval') or (None, '–')."""
+    found = stats.interval(values)
+    if found is None:
         return None, MISSING
+    mean, half = found.mean, found.half_width
     text = _number(mean, digits, sign)
-    if std is not None and not math.isnan(std):
-        text += f" ± {std:.{digits}f}"
+    if half is not None and not math.isnan(half):
+        text += f" ± {half:.{digits}f}"
     return (None if math.isnan(mean) else round(mean, digits)), text
+
+
+def _ci_half(values: Sequence[float]) -> float | None:
+    found = stats.interval(values)
+    return None if found is None else found.half_width
+
+
+def _comparison(found: stats.Comparison | None, digits: int = 2) -> tuple[None, str]:
+    """'difference [low, high]', starred when the interval excludes zero."""
+    if found is None:
+        return None, MISSING
+    d = found.difference
+    if d.half_width is None:
+        return None, f"{_number(d.mean, digits, True)} (n=1)"
+    star = " *" if d.excludes_zero else ""
+    return None, (f"{_number(d.mean, digits, True)} [{_number(d.low, digits, True)}, "
+                  f"{_number(d.high, digits, True)}]{star}")
 
 
 def time_unit(group: Group) -> tuple[str, float]:
@@ -468,6 +511,21 @@ def table_columns(group: Group) -> list[Column]:
             lambda r, t=t, m=spec.primary: _stat(r.metric(t, m), 2),
         ))
     columns.append(Column("Δm % ↑", "max", lambda r: _stat(r.delta_m, 2, sign=True)))
+    if group.max_seeds >= 2 and group.has_reference:
+        standing = group.standings()
+        none = stats.Standing("")
+
+        def verdict(r: Row) -> tuple[None, str]:
+            return None, standing.get(r.label, none).verdict or MISSING
+
+        columns.append(Column("vs best", None, verdict))
+        columns.append(Column("Δm − best [95 % CI]", None,
+                              lambda r: _comparison(standing.get(r.label, none).vs_best)))
+        if any(r.method == FULL_FT for r in group.ok_rows):
+            columns.append(Column(
+                "Δm − full FT [95 % CI]", None,
+                lambda r: _comparison(standing.get(r.label, none).vs_full_ft),
+            ))
     columns.append(Column(
         "trainable M ↓", "min",
         lambda r: _stat([v / 1e6 for v in r.trainable], 2),
@@ -499,6 +557,14 @@ def table_columns(group: Group) -> list[Column]:
 
 
 def relative_table(group: Group) -> str:
+    headers, body, align = relative_cells(group)
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
+                    colalign=align)
+
+
+def relative_cells(group: Group) -> tuple[list[str], list[list[str]], list[str]]:
+    """The relative-performance table as header, cell text and alignment (markdown cells:
+    the same text makes the markdown table and its LaTeX twin)."""
     columns = table_columns(group)
     body = []
     cells = [[c.cell(r) for c in columns] for r in group.ok_rows]
@@ -519,12 +585,20 @@ def relative_table(group: Group) -> str:
         body.append([f"{_md(row.label)} (failed, seed {seeds})", "0"]
                     + [MISSING] * (len(columns) - 2))
     align = ["left", "right"] + ["right"] * (len(columns) - 2)
-    return tabulate(body, headers=[c.header for c in columns], tablefmt="github",
-                    disable_numparse=True, colalign=align)
+    return [c.header for c in columns], body, align
 
 
 def published_table(group: Group) -> str | None:
     """Our numbers beside the published ones, for the group they were published for."""
+    cells = published_cells(group)
+    if cells is None:
+        return None
+    headers, body, align = cells
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
+                    colalign=align)
+
+
+def published_cells(group: Group) -> tuple[list[str], list[list[str]], list[str]] | None:
     source = PUBLISHED_PASCAL_SWIN_T
     if (group.dataset, group.backbone) != (source["dataset"], source["backbone"]):
         return None
@@ -559,8 +633,7 @@ def published_table(group: Group) -> str | None:
                _stat([v / 1e6 for v in mine.trainable], 2)[1]]
         )
     align = ["left", "left"] + ["right"] * (len(headers) - 2)
-    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
-                    colalign=align)
+    return headers, body, align
 
 
 # -- CSV ---------------------------------------------------------------------------------------
@@ -589,6 +662,15 @@ def summary_rows(group: Group) -> tuple[list[str], list[list[str]]]:
     header += [f"{t}.{m}_std" for t, m in primary]
     header += [f"{t}.change" for t in group.tasks]
     header += ["error"]
+    # appended later: 95 % t intervals and the paired comparisons (benchmark.stats)
+    interval_of = ["delta_m", *(f"{t}.{m}" for t, m in group.metric_keys), "peak_memory_mb",
+                   "train_seconds", "train_images_per_second"]
+    header += [f"{name}_ci95_{end}" for name in interval_of for end in ("low", "high")]
+    compared = ["vs_best", "vs_full_ft"]
+    header += ["vs_best"] + [f"{c}_{part}" for c in compared
+                             for part in ("delta_m", "ci95_low", "ci95_high", "excludes_zero",
+                                          "n_seeds")]
+    standing = group.standings()
     out = []
     for row in group.rows:
         if row.failed:
@@ -627,6 +709,25 @@ def summary_rows(group: Group) -> tuple[list[str], list[list[str]]]:
             values[f"{t}.{m}"], values[f"{t}.{m}_std"] = _csv_number(mean), _csv_number(std)
         for t in group.tasks:
             values[f"{t}.change"] = _csv_number(mean_std(row.change.get(t, []))[0])
+        samples = {"delta_m": row.delta_m, "peak_memory_mb": row.cost("peak_memory_mb"),
+                   "train_seconds": row.cost("train_seconds"),
+                   "train_images_per_second": row.cost("train_images_per_second"),
+                   **{f"{t}.{m}": row.metric(t, m) for t, m in group.metric_keys}}
+        for name in interval_of:
+            found = stats.interval(samples[name])
+            values[f"{name}_ci95_low"] = _csv_number(found and found.low)
+            values[f"{name}_ci95_high"] = _csv_number(found and found.high)
+        mine = standing.get(row.label, stats.Standing(""))
+        values["vs_best"] = mine.verdict
+        for name, found in (("vs_best", mine.vs_best), ("vs_full_ft", mine.vs_full_ft)):
+            if found is not None:
+                d = found.difference
+                values[f"{name}_delta_m"] = _csv_number(d.mean)
+                values[f"{name}_ci95_low"] = _csv_number(d.low)
+                values[f"{name}_ci95_high"] = _csv_number(d.high)
+                excludes = d.excludes_zero
+                values[f"{name}_excludes_zero"] = "" if excludes is None else str(excludes).lower()
+                values[f"{name}_n_seeds"] = str(len(found.seeds))
         out.append([values.get(h, "") for h in header])
     return header, out
 
@@ -646,9 +747,9 @@ def summary_csv(group: Group) -> str:
 def _points(group: Group, cost: Callable[[Row], list[float]]) -> list[plots.Point]:
     points = []
     for row in group.ok_rows:
-        (x, x_err), (y, y_err) = mean_std(cost(row)), mean_std(row.delta_m)
+        (x, _), (y, _) = mean_std(cost(row)), mean_std(row.delta_m)
         if x is not None and y is not None:
-            points.append(plots.Point(row.label, x, y, x_err, y_err))
+            points.append(plots.Point(row.label, x, y, _ci_half(cost(row)), _ci_half(row.delta_m)))
     return points
 
 
@@ -662,9 +763,17 @@ COSTS: dict[str, Callable[[Row], list[float]]] = {
 
 def write_figures(group: Group, folder: Path, styles: dict) -> dict[str, Path]:
     """Draw the group's figures into `folder`; the PNG path of each figure drawn by key."""
-    if not group.has_reference:
-        return {}
     title = group.title
+    drawn = {}
+    learning = curves.group_curves(group.ok_rows, group.tasks)
+    paths = plots.curves_figure(
+        learning, styles, folder / FIGURES["curves"],
+        title=f"{title}\nlearning curves (mean over seeds, band: 95 % interval)",
+    )
+    if paths:
+        drawn["curves"] = paths[0]
+    if not group.has_reference:
+        return drawn
     unit, scale = time_unit(group)
     suffix, _ = memory_note(group)
     specs = {  # the axis unit of each cost, its label, log scale, its name
@@ -672,7 +781,6 @@ def write_figures(group: Group, folder: Path, styles: dict) -> dict[str, Path]:
         "memory": (1.0, f"peak training memory ({suffix})", None, "peak training memory"),
         "time": (scale, f"training time ({unit})", None, "training time"),
     }
-    drawn = {}
     for key, (unit_size, xlabel, log_x, what) in specs.items():
         def cost(r: Row, key=key, unit_size=unit_size) -> list[float]:
             return [v / unit_size for v in COSTS[key](r)]
@@ -712,7 +820,10 @@ FIGURE_ALT = {
     "memory": "Δm against peak training memory",
     "time": "Δm against training time",
     "change": "per-task change relative to single task",
+    "curves": "learning curves",
 }
+ERROR_BARS = ("Error bars: the 95 % confidence interval of the mean over seeds (Student t); "
+              "none where a configuration has one seed.")
 FIGURE_TEXT = {
     "params": "Δm against trainable parameters (log scale); dashed: the Pareto front "
               "(higher Δm, fewer parameters).",
@@ -721,6 +832,11 @@ FIGURE_TEXT = {
     "change": "Change of each task's primary metric relative to the single-task reference, "
               "in percent and sign-corrected so that up is better; the last group is Δm, "
               "their mean.",
+    "curves": "Learning curves: each task's mean training loss per epoch (unweighted) and, "
+              "for runs with `eval_every=N`, the primary validation metric every N epochs; "
+              "the line is the mean over seeds, the shaded band its 95 % confidence interval "
+              "(Student t) where two or more seeds have the epoch. A loss still falling at "
+              "the last epoch says the budget was too short to converge.",
 }
 
 
@@ -744,18 +860,24 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
         "",
         "## Relative performance",
         "",
-        "Mean ± standard deviation over seeds (n seeds). Δm (SPEC 1.4) is recomputed here "
-        "from each run's metrics against the single-task reference of the same seed. "
-        "Rows are sorted by Δm; the best value of each column is bold; ↑/↓ mark the "
-        "direction of better. Trainable parameters include the decoders.",
+        "Δm (SPEC 1.4) is recomputed here from each run's metrics against the single-task "
+        "reference of the same seed. Rows are sorted by mean Δm; the best mean of each column "
+        "is bold; ↑/↓ mark the direction of better. Trainable parameters include the "
+        "decoders.",
         "",
+        *statistics_text(group),
         relative_table(group),
+        "",
+        f"LaTeX (booktabs): [{TABLES['relative']}.tex]({group.slug}/{TABLES['relative']}.tex)",
         "",
     ]
     notes = list(group.notes)
     if not group.has_reference:
         notes.insert(0, f"Δm is missing: this group has no single-task reference. Produce it "
                         f"with `{reference_command(group)}`.")
+    if group.ok_rows and not curves.has_curves(group.ok_rows):
+        notes.append("No learning curves: these records were written before runs kept their "
+                     "per-epoch losses; a re-run (force=true) records them.")
     _, mark_cpu = memory_note(group)
     if mark_cpu:
         notes.append("† peak memory measured as the rise of the process's resident memory on "
@@ -773,10 +895,13 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
         lines.append("")
     if figures:
         lines += ["## Figures", ""]
-        for key, png in figures.items():
+        for key in sorted(figures, key=list(FIGURES).index):
+            png = figures[key]
             rel = f"{group.slug}/{png.name}"
+            bars = f" {ERROR_BARS}" if key != "curves" else ""
             lines += [f"![{FIGURE_ALT[key]}]({rel})", "",
-                      f"{FIGURE_TEXT[key]} [SVG]({group.slug}/{png.with_suffix('.svg').name})"]
+                      f"{FIGURE_TEXT[key]}{bars} "
+                      f"[SVG]({group.slug}/{png.with_suffix('.svg').name})"]
             if key in COSTS:
                 front = _front_labels(group, COSTS[key])
                 lines.append(f"Pareto-optimal: {', '.join(_md(k) for k in front)}.")
@@ -794,8 +919,59 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
             "",
             published,
             "",
+            f"LaTeX (booktabs): [{TABLES['published']}.tex]"
+            f"({group.slug}/{TABLES['published']}.tex)",
+            "",
         ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def statistics_text(group: Group) -> list[str]:
+    """What the numbers of the relative-performance table are, as paragraphs of the page:
+    the intervals and paired comparisons with two or more seeds, else why there are none
+    and the command that runs three seeds."""
+    if group.max_seeds >= 2:
+        text = (
+            f"x ± h: the mean over seeds (n seeds) and the half-width h of its "
+            f"{stats.METHOD_TEXT}. \"vs best\" compares each row with the best row (the "
+            "first), paired over the seeds both ran: the per-seed differences of Δm and "
+            "their 95 % t interval, starred (*) when it excludes zero; a row whose interval "
+            "contains zero cannot be told apart from the best and is marked tied. "
+            "\"Δm − full FT\" is the same paired comparison against full fine-tuning."
+        )
+        if not group.has_reference:
+            text = text.split(' \"vs best\"')[0] + " Without Δm there is no comparison."
+        return [text, ""]
+    commands = seeds_commands([run for row in group.ok_rows for run in row.runs], THREE_SEEDS)
+    lines = [
+        "One seed per configuration: no confidence interval can be given, and no order "
+        "between configurations whose Δm differ by less than the seed-to-seed variation can "
+        "be read from this table. Three seeds (the finished seed is skipped) give intervals "
+        "and paired comparisons:",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+    ]
+    return lines if commands else lines[:1] + [""]
+
+
+def latex_tables(group: Group) -> dict[str, str]:
+    """The LaTeX (booktabs) twin of each markdown table of the group's page, by name."""
+    caption = (f"{group.dataset}, {group.backbone}, {group.budget} budget: "
+               + ("mean ± half-width of the 95 % confidence interval over seeds "
+                  "(Student t); * the paired interval excludes zero."
+                  if group.max_seeds >= 2 else "one seed, no interval."))
+    out = {"relative": latex.booktabs(*relative_cells(group), caption=caption,
+                                      label=f"tab:{group.slug}")}
+    published = published_cells(group)
+    if published is not None:
+        out["published"] = latex.booktabs(
+            *published, caption=f"Beside {PUBLISHED_PASCAL_SWIN_T['source']}.",
+            label=f"tab:{group.slug}-published",
+        )
+    return out
 
 
 def index_page(groups: list[Group]) -> str:
@@ -841,11 +1017,13 @@ def write_reports(records: list[dict], output_dir: Path, figures: bool = True) -
     for group in groups:
         folder = output_dir / group.slug
         folder.mkdir(exist_ok=True)
-        for name in FIGURES.values():  # stale figures of an earlier report
+        for name in [*FIGURES.values(), *TABLES.values()]:  # stale files of an earlier report
             for old in folder.glob(f"{name}.*"):
                 old.unlink()
         drawn = write_figures(group, folder, styles) if figures else {}
         (folder / "summary.csv").write_text(summary_csv(group), encoding="utf-8")
+        for key, text in latex_tables(group).items():
+            (folder / f"{TABLES[key]}.tex").write_text(text, encoding="utf-8")
         page = output_dir / f"{group.slug}.md"
         page.write_text(group_page(group, drawn), encoding="utf-8")
         pages.append(page)

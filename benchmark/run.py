@@ -152,6 +152,9 @@ def validate(cfg: DictConfig, training: bool = False) -> None:
         raise UserError(f"data_on_gpu must be a share between 0 and 1, got {cfg.data_on_gpu!r}")
     if not isinstance(cfg.prefetch, int) or cfg.prefetch < 0:
         raise UserError(f"prefetch must be a whole number >= 0, got {cfg.prefetch!r}")
+    eval_every = cfg.get("eval_every", 0)
+    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+        raise UserError(f"eval_every must be a whole number >= 0 (epochs), got {eval_every!r}")
     dataset_info(cfg.dataset)
     if training:
         from benchmark.backbone import require_weights, resolve_weights

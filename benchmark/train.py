@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -82,6 +82,11 @@ class GroupResult:
     eval_precision: str = "fp32"
     compiled: bool | None = None  # None: not asked; False: asked, but ran eager
     compile_seconds: float = 0.0  # left out of train_seconds
+    # per task, the mean unweighted training loss of each epoch (None: an epoch run before
+    # curves were recorded, by a resumed run)
+    loss_curve: dict[str, list[float | None]] = field(default_factory=dict)
+    # with `eval_every=N`: {"epoch": k, "metrics": ...} every N epochs and after the last
+    val_curve: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Execution:
     data_on_gpu: float = 0.25  # share of free GPU memory the training split may take
     prefetch: int = 2  # batches prepared ahead when the data stays in host memory
     fused_attn: bool = False  # timm's attention through scaled_dot_product_attention
+    eval_every: int = 0  # epochs between validation passes for the curves (0: only at the end)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Execution:
@@ -102,6 +108,7 @@ class Execution:
             data_on_gpu=float(cfg.data_on_gpu),
             prefetch=int(cfg.prefetch),
             fused_attn=bool(cfg.get("fused_attn", False)),
+            eval_every=int(cfg.get("eval_every", 0)),
         )
 
 
@@ -148,8 +155,9 @@ class TrainStep:
     it as it is. Out of memory anywhere in it is `OutOfMemory`."""
 
     def __init__(self, module: nn.Module, criterion, optimizer, params, budget, device,
-                 execution: Execution, lr_at, precision: str):
+                 execution: Execution, lr_at, precision: str, tasks: list[str] | None = None):
         self.module, self.criterion, self.optimizer = module, criterion, optimizer
+        self.tasks = tasks  # given: the step returns [loss, each task's loss]
         self.params, self.device, self.lr_at = params, device, lr_at
         self.clip, self.batch_size = budget.clip_grad, budget.batch_size
         self.channels_last = execution.channels_last
@@ -165,7 +173,7 @@ class TrainStep:
         try:
             with autocast(self.device, self.precision):
                 outputs = self.module(images)
-            loss, _ = self.criterion(outputs, batch)
+            loss, task_losses = self.criterion(outputs, batch)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is None:
                 loss.backward()
@@ -182,7 +190,9 @@ class TrainStep:
                 f"out of memory on {self.device} at budget.batch_size={self.batch_size}; "
                 "lower it (the learning rate scales with it)"
             ) from None
-        return loss.detach()
+        if self.tasks is None:
+            return loss.detach()
+        return torch.stack([loss.detach(), *(task_losses[t].detach() for t in self.tasks)])
 
 
 class CompileProbe:
@@ -285,7 +295,7 @@ def train_and_evaluate(
         model, device, data.info.image_size, execution.compile, with_probe=True
     )
     train_step = TrainStep(step_model, criterion, optimizer, params, budget, device, execution,
-                           lr_at, precision)
+                           lr_at, precision, tasks=list(tasks))
     compile_seconds = 0.0
     timed_steps: list[float] = []  # the first two steps of a compiled model, synchronised
     bar = tqdm(
@@ -297,7 +307,8 @@ def train_and_evaluate(
         for epoch in range(state.epoch, budget.epochs):
             with Stopwatch(device) as watch:
                 loader.set_epoch(epoch)
-                epoch_loss = torch.zeros((), device=device)
+                # the weighted loss, then each task's loss, summed over the epoch's steps
+                epoch_loss = torch.zeros(1 + len(tasks), device=device)
                 excluded = 0.0  # compilation in this epoch
                 for batch in loader:
                     timing = probe is not None and len(timed_steps) < 2
@@ -318,9 +329,13 @@ def train_and_evaluate(
                     bar.update()
                 # the mean over every rank's batches, so that all ranks take the same
                 # decisions below; one host sync per epoch
-                state.last_loss = (distributed.all_reduce_(epoch_loss, "mean") / len(loader)).item()
+                means = (distributed.all_reduce_(epoch_loss, "mean") / len(loader)).tolist()
+                state.last_loss = means[0]
             state.epoch = epoch + 1
             state.seconds += max(0.0, watch.seconds - excluded)
+            for task, value in zip(tasks, means[1:]):
+                curve = state.loss_curve.setdefault(task, [])
+                curve += [None] * (epoch - len(curve)) + [value]
             bar.set_postfix(epoch=epoch + 1, loss=f"{state.last_loss:.3f}")
             if not math.isfinite(state.last_loss):
                 bar.close()
@@ -329,6 +344,14 @@ def train_and_evaluate(
                     f"(budget.lr={budget.lr})"
                 )
             last = state.epoch == budget.epochs
+            if execution.eval_every > 0 and state.epoch % execution.eval_every == 0 and not last:
+                # outside the stopwatch: no part of the training time; the model is left
+                # in eval mode only here, and no RNG is drawn, so the run's result is the same
+                state.val_curve.append(
+                    {"epoch": state.epoch,
+                     "metrics": evaluate(model, data, budget, device, prefetch, eval_precision)}
+                )
+                model.train()
             if checkpoint is not None and checkpoint_every > 0 and (
                 state.epoch % checkpoint_every == 0 or last
             ):
@@ -339,6 +362,9 @@ def train_and_evaluate(
     distributed.check_replicas(model)
 
     metrics = evaluate(model, data, budget, device, prefetch, eval_precision)
+    val_curve = list(state.val_curve)
+    if execution.eval_every > 0:
+        val_curve.append({"epoch": state.epoch, "metrics": metrics})
     peaks = [p for p in distributed.gather(_max(state.peak_memory_mb, memory.mb)) if p]
     return GroupResult(
         tasks=tasks,
@@ -355,6 +381,8 @@ def train_and_evaluate(
         eval_precision=eval_precision,
         compiled=None if probe is None else probe.compiled,
         compile_seconds=compile_seconds,
+        loss_curve=state.loss_curve,
+        val_curve=val_curve,
     )
 
 
@@ -442,6 +470,8 @@ class TrainState:
     peak_memory_mb: float | None = None
     last_loss: float = float("nan")
     world_size: int = 1  # the shards and the step count depend on it
+    loss_curve: dict = field(default_factory=dict)  # GroupResult.loss_curve so far
+    val_curve: list = field(default_factory=list)  # GroupResult.val_curve so far
 
 
 def _rng_state(device: torch.device) -> dict:

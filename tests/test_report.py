@@ -4,6 +4,7 @@ CSV contract, failed and malformed records, bad input, and byte-identical regene
 import csv
 import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -249,7 +250,7 @@ def test_regenerating_gives_identical_bytes_and_linked_figures(tmp_path, capsys)
 
     def snapshot() -> dict[str, bytes]:
         return {p.relative_to(out).as_posix(): p.read_bytes()
-                for p in sorted(out.rglob("*")) if p.suffix in (".md", ".csv", ".svg")}
+                for p in sorted(out.rglob("*")) if p.suffix in (".md", ".csv", ".svg", ".tex")}
 
     assert report.main(args) == 0
     first = snapshot()
@@ -260,7 +261,9 @@ def test_regenerating_gives_identical_bytes_and_linked_figures(tmp_path, capsys)
     (page,) = [p for p in out.glob("*.md") if p.name != "index.md"]
     assert f"]({page.name})" in (out / "index.md").read_text()
     text = page.read_text()
-    for name in report.FIGURES.values():
+    # these records predate learning curves: no such figure, a note instead
+    assert not list(out.glob("*/learning_curves.*")) and "No learning curves" in text
+    for name in (v for k, v in report.FIGURES.items() if k != "curves"):
         for suffix in ("png", "svg"):
             link = f"{page.stem}/{name}.{suffix}"
             assert f"({link})" in text, link
@@ -283,3 +286,169 @@ def test_records_scored_at_different_resolutions_form_separate_groups(tmp_path):
                            record("single_task", "original")])
     budgets = sorted(g.budget for g in groups)
     assert budgets == ["paper (scored at 448)", "paper (scored at original)"]
+
+
+# -- statistics, LaTeX twins, learning curves --------------------------------------------------
+
+T_975_2 = 4.302652729911275
+# semseg per seed (0, 1, 2), the other tasks at the reference: Δm = (semseg - 50) / 50 * 100 / 4
+SEMSEG = {
+    "best": ("mtlora", (54.0, 52.0, 56.0)),  # Δm 2.0, 1.0, 3.0
+    "close": ("lora", (53.0, 53.0, 55.4)),  # Δm 1.5, 1.5, 2.7: -0.5, +0.5, -0.3 from best
+    "full_ft": ("full_ft", (52.0, 50.0, 54.0)),  # Δm 1.0, 0.0, 2.0: always 1 below best
+    "far": ("bitfit", (44.0, 41.6, 46.4)),  # Δm -3.0, -4.2, -1.8
+}
+
+
+def three_seed_records(results: Path, curves: bool = False) -> None:
+    for seed in range(3):
+        write(results, make_record("single task", "single_task", (50, 50, 50, 20), seed))
+        for label, (method, semseg) in SEMSEG.items():
+            record = make_record(label, method, (semseg[seed], 50, 50, 20), seed)
+            if curves:
+                record["curves"] = {
+                    "train_loss": {t: [2.0 - 0.1 * seed, 1.0, 0.5 + 0.01 * seed] for t in TASKS},
+                    "val": [{"epoch": e, "metrics": {"semseg": {"miou": 40.0 + e + seed}}}
+                            for e in (1, 2, 3)],
+                }
+            write(results, record)
+
+
+def test_three_seeds_give_intervals_paired_comparisons_and_ties(tmp_path):
+    three_seed_records(tmp_path / "results")
+    (page,) = build(tmp_path / "results", tmp_path / "reports")
+    text = page.read_text()
+    assert "Student t" in text and "no confidence interval" not in text
+    half = T_975_2 / math.sqrt(3)  # the Δm of "best": 2, 1, 3 (sd 1)
+    relative = text.split("## Beside the published numbers", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in relative.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert f"+2.00 ± {half:.2f}" in rows["best"]
+    cells = {label: [c.strip() for c in line.split("|")] for label, line in rows.items()}
+    header = cells["method"]
+    verdict = header.index("vs best")
+    assert cells["best"][verdict] == "best"
+    assert cells["close"][verdict] == "tied"
+    assert cells["far"][verdict] == "below" and cells["full_ft"][verdict] == "below"
+    # close - best: differences -0.5, +0.5, -0.3, mean -0.1, sd sqrt(0.28)
+    gap = T_975_2 * math.sqrt(0.28) / math.sqrt(3)
+    vs_best = cells["close"][header.index("Δm − best [95 % CI]")]
+    assert vs_best == f"-0.10 [{-0.1 - gap:+.2f}, {-0.1 + gap:+.2f}]"
+    # full_ft - best is -1 on every seed: a zero-width interval that excludes zero
+    assert cells["full_ft"][header.index("Δm − best [95 % CI]")] == "-1.00 [-1.00, -1.00] *"
+    assert cells["full_ft"][header.index("Δm − full FT [95 % CI]")] == "–"
+
+    csv_rows = read_csv(tmp_path / "reports")
+    close = csv_rows["close"]
+    assert close["vs_best"] == "tied" and close["vs_best_excludes_zero"] == "false"
+    assert float(close["vs_best_ci95_low"]) == pytest.approx(-0.1 - gap, abs=1e-4)
+    assert float(close["vs_best_ci95_high"]) == pytest.approx(-0.1 + gap, abs=1e-4)
+    assert close["vs_best_n_seeds"] == "3"
+    best = csv_rows["best"]
+    assert float(best["delta_m_ci95_low"]) == pytest.approx(2 - half, abs=1e-4)
+    assert float(best["semseg.miou_ci95_high"]) == pytest.approx(54 + 2 * half, abs=1e-4)
+    assert csv_rows["far"]["vs_full_ft_excludes_zero"] == "true"
+    (path,) = (tmp_path / "reports").glob("*/summary.csv")
+    names = path.read_text().splitlines()[0].split(",")
+    # the columns that existed keep their place: the new ones come after `error`
+    assert names.index("error") < names.index("delta_m_ci95_low")
+    assert names[:6] == ["label", "method", "status", "n_seeds", "seeds", "delta_m"]
+
+
+def _latex_rows(tex: str) -> list[str]:
+    body = tex.split("\\midrule\n", 1)[1].split("\\bottomrule", 1)[0]
+    return [line for line in body.splitlines() if line.strip()]
+
+
+def test_each_table_has_a_booktabs_twin(tmp_path):
+    three_seed_records(tmp_path / "results")
+    write(tmp_path / "results", failed_record("vpt_deep"))
+    build(tmp_path / "results", tmp_path / "reports")
+    (tex_path,) = (tmp_path / "reports").glob("*/relative_performance.tex")
+    tex = tex_path.read_text()
+    unescaped = tex.replace("\\{", "").replace("\\}", "")
+    assert unescaped.count("{") == unescaped.count("}")
+    depth = 0
+    for ch in unescaped:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert tex.count(rule) == 1, rule
+    assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule")
+    rows = _latex_rows(tex)
+    assert len(rows) == 6  # the reference, four configurations, one failed
+    spec = tex.split("\\begin{tabular}{", 1)[1].split("}", 1)[0]
+    header = tex.split("\\toprule\n", 1)[1].split("\n", 1)[0]
+    for line in [header, *rows]:
+        assert line.endswith("\\\\") and line.count(" & ") == len(spec) - 1, line
+    assert "\\textbf{+2.00 $\\pm$ 2.48}" in rows[0]
+    assert "full\\_ft" in tex and "**" not in tex and "±" not in tex
+    # the published-numbers table has its twin too
+    published_records(tmp_path / "pub")
+    build(tmp_path / "pub", tmp_path / "pub_reports")
+    (twin,) = (tmp_path / "pub_reports").glob("*/published_numbers.tex")
+    assert len(_latex_rows(twin.read_text())) == 2 * len(report.PUBLISHED_PASCAL_SWIN_T["rows"])
+
+
+def test_one_seed_says_so_and_prints_a_command_that_composes_the_same_runs(tmp_path):
+    from omegaconf import OmegaConf
+
+    from benchmark.records import run_dir
+    from benchmark.run import compose_all, expand
+    from methods.base import instantiate_method
+
+    overrides = [["method=single_task"], ["method=full_ft"], ["method=mtlora", "method.rank=8"]]
+    common = ["budget=smoke", "budget.lr=0.01", "dataset.train_size=24",
+              f"results_dir={tmp_path / 'results'}"]
+    configs = compose_all([[*o, *common] for o in overrides])
+    keys = set()
+    for cfg, values in zip(configs, [(50, 50, 50, 20), (52, 50, 50, 20), (51, 50, 50, 20)]):
+        method = instantiate_method(cfg.method)
+        record = make_record(method.label, cfg.method.name, values, dataset="synthetic",
+                             backbone="swin_micro", budget="smoke")
+        record["config"] = OmegaConf.to_container(cfg, resolve=True)
+        write(tmp_path / "results", record)
+        keys.add(run_dir(cfg, method.label).name)
+    (page,) = build(tmp_path / "results", tmp_path / "reports")
+    text = page.read_text()
+    assert "no confidence interval can be given" in text and "vs best" not in text
+    commands = text.split("```\n", 1)[1].split("\n```", 1)[0].splitlines()
+    assert len(commands) == 2  # the methods at their defaults share one, mtlora r=8 has its own
+    composed = set()
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[:3] == ["python", "-m", "benchmark.run"] and argv[-1] == "seed=0,1,2"
+        for cfg in compose_all(expand(argv[3:])):
+            assert cfg.seed in (0, 1, 2)
+            if cfg.seed == 0:
+                composed.add(run_dir(cfg, instantiate_method(cfg.method).label).name)
+    assert composed == keys  # the same runs: seed 0 is skipped when the command runs
+
+
+def test_learning_curves_are_drawn_one_line_per_configuration(tmp_path):
+    from benchmark import curves, plots
+
+    three_seed_records(tmp_path / "results", curves=True)
+    records, _ = report.load(tmp_path / "results")
+    out = tmp_path / "reports"
+    (page,) = report.write_reports(records, out, figures=True)
+    (png,) = out.glob("*/learning_curves.png")
+    assert png.stat().st_size > 1000 and png.with_suffix(".svg").exists()
+    assert f"({page.stem}/learning_curves.png)" in page.read_text()
+    (group,) = report.build_groups(records)
+    panels = curves.group_curves(group.ok_rows, group.tasks)
+    # four training-loss panels and the one validation metric recorded (semseg)
+    assert len(panels) == 5 and sum("validation" in k for k in panels) == 1
+    loss = panels["semseg: training loss"]["best"]
+    assert loss.epochs == [1, 2, 3]
+    assert loss.mean == pytest.approx([1.9, 1.0, 0.51])
+    assert loss.half_width[1] == 0.0  # every seed at 1.0
+    assert loss.half_width[0] == pytest.approx(T_975_2 * 0.1 / math.sqrt(3))
+    styles = plots.assign_styles({(r.method, r.label) for r in group.ok_rows}, "single_task")
+    fig = plots.build_curves_figure(panels, styles, title="t")
+    drawn = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(drawn) == 5
+    # one line per configuration with curves: the reference's records have none (written
+    # before curves existed) and are left out, not drawn empty
+    assert all(len(ax.get_lines()) == len(SEMSEG) for ax in drawn)
+    assert {line.get_label() for line in drawn[0].get_lines()} == set(SEMSEG)
