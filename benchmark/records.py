@@ -76,7 +76,18 @@ def read_record(path: Path) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    return migrate_record(record) if isinstance(record, dict) else None
+
+
+def migrate_record(record: dict) -> dict:
+    """`record` in today's metric names (in place): the true root mean square of the normals
+    angle, once stored as `normals.rmse`, is `normals.rms` (the papers' "rmse" is the mean
+    angle, `normals.mean`)."""
+    metrics = record.get("metrics")
+    normals = metrics.get("normals") if isinstance(metrics, dict) else None
+    if isinstance(normals, dict) and "rmse" in normals and "rms" not in normals:
+        normals["rms"] = normals.pop("rmse")
+    return record
 
 
 def finished_record(directory: Path) -> dict | None:
