@@ -30,7 +30,11 @@ _NOT_IN_KEY = {"root", "cache_dir"}
 # Options added to a config group after records of it existed, with their default: at the
 # default they are left out of the key, so that a run keeps the key (and finds the record)
 # it had before the option existed; set to anything else they enter it.
-_ADDED_OPTIONS = {("method", "dora"): False}
+_ADDED_OPTIONS = {
+    ("method", "dora"): False,
+    ("budget", "decay_position_tables"): False,
+    ("dataset", "augment"): "clean",
+}
 
 
 def run_key(cfg: DictConfig) -> str:
