@@ -12,11 +12,17 @@ code that MTLoRA reports with):
   ``sigmoid(logit) > t`` against the label per image (1 when both masks are empty), averaged
   over images, then the maximum over thresholds. ``maxf``: F-measure with beta^2 = 0.3 from
   precision and recall pooled over all pixels of the split, maximum over the thresholds
-  ``0.05, 0.10, ..., 0.95``.
+  ``0.05, 0.10, ..., 0.95``. ``maxf_official``: the number the official MTLoRA / ASTMT
+  evaluator prints as "Beta maxF", which applies a second sigmoid to the probabilities and
+  counts a pixel salient when ``sigmoid(prob) >= t`` (same thresholds, same pooling); it is
+  kept only so that results can be set beside papers that report it (``maxf`` is the correct
+  formula).
 * ``normals`` -- angle in degrees between the L2-normalised prediction and label over every
-  valid pixel of the split (label of non-zero norm): ``mean`` (the primary metric; papers label
-  this column "rmse"), ``median``, ``rmse`` (true root mean square), and the shares of pixels
-  below 11.25, 22.5 and 30 degrees.
+  valid pixel of the split (label of non-zero norm): ``mean`` (the primary metric; the papers
+  and the official evaluator call it "rmse"), ``median``, ``rms`` (the true root mean square
+  of the angle; records written before it was renamed call it ``rmse`` and are migrated when
+  read, see ``benchmark.records``), and the shares of pixels below 11.25, 22.5 and 30
+  degrees.
 * ``depth`` -- ``rmse`` and ``abs_rel`` over the valid pixels of the split (label > 0).
 * ``edge`` -- pixel-level ``maxf`` (beta^2 = 1), see :class:`EdgeMeter`.
 
@@ -73,6 +79,12 @@ def _linspace_thresholds(device: torch.device) -> Tensor:
 def _f_thresholds(device: torch.device) -> Tensor:
     steps = torch.arange(1, F_THRESHOLD_COUNT + 1, device=device, dtype=torch.float64)
     return (steps * F_THRESHOLD_STEP).to(torch.float32)
+
+
+def _official_f_thresholds(device: torch.device) -> Tensor:
+    """The thresholds of the official "Beta maxF": ``torch.arange(0.05, 1, 0.05)`` in float32
+    as that evaluator builds them (its 12th value is 0.59999996, one float32 step below ours)."""
+    return torch.arange(F_THRESHOLD_STEP, 1, F_THRESHOLD_STEP, dtype=torch.float32).to(device)
 
 
 def _suffix_sums(hist: Tensor) -> Tensor:
@@ -289,11 +301,17 @@ class SegmentationMeter(Meter):
 
 
 class SaliencyMeter(Meter):
-    """Saliency ``miou`` (max over thresholds of the image-averaged IoU) and ``maxf``.
+    """Saliency ``miou`` (max over thresholds of the image-averaged IoU), ``maxf`` and
+    ``maxf_official``.
 
     ``pred`` is (N, 1, H, W) logits, ``target`` (N, H, W) or (N, 1, H, W) with 0/1 and
     ``ignore_index``. Probabilities are ``sigmoid(logits)`` computed once in float32; a pixel
     is salient at threshold ``t`` when its probability is strictly greater than ``t``.
+
+    ``maxf_official`` reproduces the official evaluator's "Beta maxF": it scores
+    ``q = sigmoid(prob)`` (float32), salient when ``q >= t``. As q lies in (0.5, 0.732), the
+    thresholds up to 0.5 predict every pixel salient, those from 0.75 none, and only 0.55,
+    0.60, 0.65 and 0.70 (a probability of 0.2007, 0.4055, 0.6190 and 0.8473) discriminate.
     """
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, device: torch.device | str | None = None):
@@ -307,10 +325,16 @@ class SaliencyMeter(Meter):
             "images": torch.zeros((), dtype=torch.int64, device=device),
             "pos_hist": torch.zeros(n_f + 1, dtype=torch.int64, device=device),
             "neg_hist": torch.zeros(n_f + 1, dtype=torch.int64, device=device),
+            "pos_hist_official": torch.zeros(n_f + 1, dtype=torch.int64, device=device),
+            "neg_hist_official": torch.zeros(n_f + 1, dtype=torch.int64, device=device),
         }
 
     def _new_constants(self, device: torch.device) -> dict[str, Tensor]:
-        return {"iou_thr": _linspace_thresholds(device), "f_thr": _f_thresholds(device)}
+        return {
+            "iou_thr": _linspace_thresholds(device),
+            "f_thr": _f_thresholds(device),
+            "f_thr_official": _official_f_thresholds(device),
+        }
 
     def _update(self, pred: Tensor, target: Tensor) -> None:
         target = single_channel_label(pred, target, "sal")
@@ -345,6 +369,13 @@ class SaliencyMeter(Meter):
         self._state["pos_hist"].index_add_(0, bucket, pos.reshape(-1).long())
         self._state["neg_hist"].index_add_(0, bucket, neg.reshape(-1).long())
 
+        # The official "Beta maxF": a second sigmoid, and q >= t (right=True counts the
+        # thresholds at or below q, so the pixel is salient at threshold k iff bucket > k).
+        second = torch.sigmoid(prob).reshape(-1)
+        bucket = torch.bucketize(second, self._const["f_thr_official"], right=True)
+        self._state["pos_hist_official"].index_add_(0, bucket, pos.reshape(-1).long())
+        self._state["neg_hist_official"].index_add_(0, bucket, neg.reshape(-1).long())
+
     def iou_per_threshold(self) -> list[float]:
         """Image-averaged IoU (percent) at each threshold of ``linspace(0.2, 0.9, 15)``."""
         images = int(self._state["images"])
@@ -356,6 +387,9 @@ class SaliencyMeter(Meter):
         return {
             "miou": max(self.iou_per_threshold()),
             "maxf": _max_f_measure(self._state["pos_hist"], self._state["neg_hist"], SAL_BETA2),
+            "maxf_official": _max_f_measure(
+                self._state["pos_hist_official"], self._state["neg_hist_official"], SAL_BETA2
+            ),
         }
 
 
@@ -403,7 +437,7 @@ class NormalsMeter(Meter):
 
     ``pred`` and ``target`` are (N, 3, H, W); both are L2-normalised, the angle is
     ``degrees(arccos(clip(dot, -1, 1)))`` and a pixel counts when its label has non-zero norm.
-    ``mean``, ``rmse`` and the ``within_*`` shares are exact; ``median`` is read from a
+    ``mean``, ``rms`` and the ``within_*`` shares are exact; ``median`` is read from a
     histogram with bins of 0.01 degree (within half a bin of the exact median).
     """
 
@@ -439,7 +473,7 @@ class NormalsMeter(Meter):
     def compute(self) -> dict[str, float]:
         count = int(self._state["count"])
         if count == 0:
-            keys = ["mean", "median", "rmse"] + [_within_key(th) for th in NORMALS_WITHIN]
+            keys = ["mean", "median", "rms"] + [_within_key(th) for th in NORMALS_WITHIN]
             return dict.fromkeys(keys, math.nan)
         cumulative = self._state["hist"].cpu().cumsum(0)
         # Median of n values: mean of the (n+1)//2-th and (n//2+1)-th smallest (1-based).
@@ -449,7 +483,7 @@ class NormalsMeter(Meter):
         out = {
             "mean": float(self._state["angle_sum"]) / count,
             "median": median,
-            "rmse": math.sqrt(float(self._state["angle_sq_sum"]) / count),
+            "rms": math.sqrt(float(self._state["angle_sq_sum"]) / count),
         }
         within = self._state["within"].cpu().tolist()
         for th, n in zip(NORMALS_WITHIN, within, strict=True):

@@ -30,7 +30,11 @@ _NOT_IN_KEY = {"root", "cache_dir"}
 # Options added to a config group after records of it existed, with their default: at the
 # default they are left out of the key, so that a run keeps the key (and finds the record)
 # it had before the option existed; set to anything else they enter it.
-_ADDED_OPTIONS = {("method", "dora"): False}
+_ADDED_OPTIONS = {
+    ("method", "dora"): False,
+    ("budget", "decay_position_tables"): False,
+    ("dataset", "augment"): "clean",
+}
 
 
 def run_key(cfg: DictConfig) -> str:
@@ -79,7 +83,18 @@ def read_record(path: Path) -> dict | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    return migrate_record(record) if isinstance(record, dict) else None
+
+
+def migrate_record(record: dict) -> dict:
+    """`record` in today's metric names (in place): the true root mean square of the normals
+    angle, once stored as `normals.rmse`, is `normals.rms` (the papers' "rmse" is the mean
+    angle, `normals.mean`)."""
+    metrics = record.get("metrics")
+    normals = metrics.get("normals") if isinstance(metrics, dict) else None
+    if isinstance(normals, dict) and "rmse" in normals and "rms" not in normals:
+        normals["rms"] = normals.pop("rmse")
+    return record
 
 
 def finished_record(directory: Path) -> dict | None:

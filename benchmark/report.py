@@ -77,8 +77,8 @@ PUBLISHED_PASCAL_SWIN_T = {
     ],
 }
 
-METRIC_NAMES = {"miou": "mIoU", "mean": "mean angle °", "median": "median angle °",
-                "rmse": "RMSE", "maxf": "maxF"}
+METRIC_NAMES = {"miou": "mIoU", "mean": "mean angle ° (papers' \"rmse\")",
+                "median": "median angle °", "rms": "RMS angle °", "rmse": "RMSE", "maxf": "maxF"}
 FIGURES = {
     "params": "delta_m_vs_params",
     "memory": "delta_m_vs_memory",

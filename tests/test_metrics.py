@@ -187,6 +187,55 @@ def test_saliency_matches_numpy_reference():
     assert out["maxf"] == pytest.approx(maxf, abs=1e-9)
 
 
+def test_saliency_official_maxf_hand_computed():
+    """The official "Beta maxF" scores q = sigmoid(prob) >= t; q lies in (0.5, 0.732), so only
+    t = 0.55, 0.60, 0.65, 0.70 (prob 0.2007, 0.4055, 0.6190, 0.8473) discriminate.
+
+    Probabilities (label): 0.12 (1), 0.33 (1), 0.52 (0), 0.93 (1), 0.02 (0), 0.97 (ignored).
+    Official, F = 1.3 P R / (0.3 P + R):
+      t <= 0.50: all five predicted, P = 3/5, R = 1          -> 0.78 / 1.18  = 0.6610
+      t = 0.55: {0.33, 0.52, 0.93}, P = R = 2/3               -> 2/3
+      t = 0.60: {0.52, 0.93}, P = 1/2, R = 1/3                -> 0.2167 / 0.4833 = 0.4483
+      t = 0.65, 0.70: {0.93}, P = 1, R = 1/3                 -> 13/19 = 0.6842 (the max)
+      t >= 0.75: nothing predicted                           -> 0
+    Ours (prob > t): t = 0.05, 0.10 predict all but 0.02, P = 3/4, R = 1 -> 39/49 (the max).
+    """
+    probs = torch.tensor([[[0.12, 0.33, 0.52], [0.93, 0.02, 0.97]]])
+    labels = torch.tensor([[[1, 1, 0], [1, 0, IGN]]])
+    meter = SaliencyMeter()
+    meter.update(logit(probs).unsqueeze(1), labels)
+    out = meter.compute()
+    assert out["maxf_official"] == pytest.approx(100 * 13 / 19)
+    assert out["maxf"] == pytest.approx(100 * 39 / 49)
+
+    # A probability of exactly 0 gives q = 0.5, which counts at t = 0.5 (>=, not >): with
+    # one positive pixel at probability 0, t <= 0.5 finds it, P = R = 1.
+    zero = SaliencyMeter()
+    zero.update(torch.full((1, 1, 1, 1), -math.inf), torch.ones(1, 1, 1, dtype=torch.long))
+    assert zero.compute()["maxf_official"] == pytest.approx(100.0)
+    assert zero.compute()["maxf"] == 0.0
+
+
+def test_saliency_official_maxf_matches_numpy_reference():
+    meter = SaliencyMeter()
+    batches = [random_binary_batch(seed) for seed in (4, 5, 6)]
+    for logits, labels in batches:
+        meter.update(logits, labels)
+    prob = torch.sigmoid(torch.cat([b[0] for b in batches]).squeeze(1)).double().numpy()
+    labels = torch.cat([b[1] for b in batches]).numpy()
+    q = 1.0 / (1.0 + np.exp(-prob))  # the second sigmoid
+    valid = labels != IGN
+    gt = (labels == 1) & valid
+    best = 0.0
+    for t in np.arange(0.05, 1, 0.05):
+        pred = (q >= t) & valid
+        tp, pp, ap = np.sum(pred & gt), np.sum(pred), np.sum(gt)
+        precision, recall = (tp / pp if pp else 0.0), (tp / ap if ap else 0.0)
+        if precision + recall > 0:
+            best = max(best, 1.3 * precision * recall / (0.3 * precision + recall))
+    assert meter.compute()["maxf_official"] == pytest.approx(100 * best, abs=1e-9)
+
+
 # ---------------------------------------------------------------------------- normals
 
 
@@ -200,7 +249,7 @@ def test_normals_known_angles():
     out = meter.compute()
     assert out["mean"] == pytest.approx((0 + 45 + 90 + 180) / 4, abs=1e-3)
     assert out["median"] == pytest.approx((45 + 90) / 2, abs=0.01)
-    assert out["rmse"] == pytest.approx(math.sqrt((45**2 + 90**2 + 180**2) / 4), abs=1e-3)
+    assert out["rms"] == pytest.approx(math.sqrt((45**2 + 90**2 + 180**2) / 4), abs=1e-3)
     assert out["within_11_25"] == pytest.approx(25.0)
     assert out["within_22_5"] == pytest.approx(25.0)
     assert out["within_30"] == pytest.approx(25.0)
@@ -226,7 +275,7 @@ def test_normals_random_against_numpy():
     out = meter.compute()
     assert out["median"] == pytest.approx(np.median(angle), abs=0.01)
     assert out["mean"] == pytest.approx(angle.mean(), abs=1e-3)
-    assert out["rmse"] == pytest.approx(np.sqrt(np.mean(angle**2)), abs=1e-3)
+    assert out["rms"] == pytest.approx(np.sqrt(np.mean(angle**2)), abs=1e-3)
     assert out["within_22_5"] == pytest.approx(100 * np.mean(angle < 22.5), abs=1e-9)
 
 
@@ -384,9 +433,9 @@ def test_task_meters_round_trip():
     out = meters.compute()
     assert list(out) == TASKS
     assert set(out["semseg"]) == {"miou", "pixel_acc"}
-    assert set(out["sal"]) == {"miou", "maxf"}
+    assert set(out["sal"]) == {"miou", "maxf", "maxf_official"}
     assert set(out["normals"]) == {
-        "mean", "median", "rmse", "within_11_25", "within_22_5", "within_30"
+        "mean", "median", "rms", "within_11_25", "within_22_5", "within_30"
     }  # fmt: skip
     assert set(out["depth"]) == {"rmse", "abs_rel"}
     assert set(out["edge"]) == {"maxf"}
@@ -464,3 +513,23 @@ def test_no_warning_on_clean_segmentation():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         meter.compute()
+
+
+def test_old_records_read_normals_rmse_as_rms(tmp_path):
+    """Records written before the rename call the true RMS of the angle `normals.rmse`; they
+    read as `normals.rms`, and the report names the papers' "rmse" (the mean angle)."""
+    import json
+
+    from benchmark.records import read_record
+    from benchmark.report import _metric_header
+
+    path = tmp_path / "result.json"
+    old = {"metrics": {"normals": {"mean": 17.0, "rmse": 25.0}, "depth": {"rmse": 0.5}}}
+    path.write_text(json.dumps(old))
+    metrics = read_record(path)["metrics"]
+    assert metrics["normals"] == {"mean": 17.0, "rms": 25.0}
+    assert metrics["depth"] == {"rmse": 0.5}  # depth's rmse is a true RMSE: kept
+    new = {"metrics": {"normals": {"mean": 17.0, "rms": 24.0}}}
+    path.write_text(json.dumps(new))
+    assert read_record(path)["metrics"] == new["metrics"]
+    assert _metric_header("normals") == 'normals mean angle ° (papers\' "rmse") ↓'

@@ -31,12 +31,16 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from benchmark.data.transforms import (
+    AUGMENT_MODES,
     NORMALS_Y,
     Augmentation,
     Geometry,
     nearest_indices,
     normals_rotation,
+    official_fill,
     rotate_normals,
+    sample_image,
+    sample_normals_cubic,
     sampling_grid,
 )
 from benchmark.errors import UserError
@@ -92,6 +96,11 @@ def dataset_info(cfg: DictConfig) -> DatasetInfo:
                 raise UserError(
                     f"dataset.normals_y must be one of {', '.join(NORMALS_Y)}, "
                     f"got {cfg.normals_y!r}"
+                )
+            if cfg.get("augment", "clean") not in AUGMENT_MODES:
+                raise UserError(
+                    f"dataset.augment must be one of {', '.join(AUGMENT_MODES)}, "
+                    f"got {cfg.augment!r}"
                 )
             size = cfg.image_size
             if not isinstance(size, int) or size < 32 or size % 32:
@@ -218,6 +227,7 @@ def load_real_split(cfg: DictConfig, split: str, progress: bool = True) -> Split
         size=info.image_size,
         normals_y=str(cfg.get("normals_y", "down")),
         original_resolution=info.eval_resolution == "original",
+        augment=str(cfg.get("augment", "clean")),
     )
     data = prepared.load_split(layout, split, _cache_root(cfg), progress=progress)
     arrays = {k: torch.from_numpy(v) for k, v in data.arrays.items()}
@@ -485,19 +495,24 @@ class BatchLoader:
         if aug is None:
             aug = Augmentation.identity(n)
         grid, valid = sampling_grid(sizes, (h, w), geometry.size, aug, device)
-        image = F.grid_sample(
-            raw["image"].permute(0, 3, 1, 2).float(), grid, mode="bilinear",
-            padding_mode="border", align_corners=False,
-        )
-        batch = {"image": torch.where(valid, (image - self._mean) / self._std, 0.0)}
+        official = geometry.official  # `benchmark.data.transforms`: the two modes
+        image = (sample_image(raw["image"], sizes, grid, official) - self._mean) / self._std
+        batch = {"image": image if official else torch.where(valid, image, 0.0)}
         source = nearest_indices(grid, (h, w)).view(n, -1, 1)
         out = (n, geometry.size, geometry.size)
         for task in self.tasks:
             stored = raw[task]
+            if official and task == "normals":
+                label = sample_normals_cubic(decode_normals(stored).permute(0, 3, 1, 2), grid)
+                batch[task] = rotate_normals(label, normals_rotation(aug, geometry.normals_y))
+                continue
             channels = stored.shape[3] if stored.dim() == 4 else 1
             picked = stored.reshape(n, h * w, channels).gather(1, source.expand(-1, -1, channels))
             picked = picked.view(*out, channels) if stored.dim() == 4 else picked.view(out)
-            label = _label(task, picked, valid)
+            if official:
+                label = official_fill(task, _label(task, picked, None), valid, aug.scale)
+            else:
+                label = _label(task, picked, valid)
             if task == "normals":
                 label = rotate_normals(label, normals_rotation(aug, geometry.normals_y))
             batch[task] = label

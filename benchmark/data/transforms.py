@@ -13,14 +13,31 @@ result keeping the image's own size; then a resize to `size` x `size`, which ign
 aspect ratio. Evaluation uses the resize alone. All three steps are affine, so they collapse
 into one sampling grid and each pixel is interpolated once.
 
-Choices the protocol leaves open, fixed here:
+Two modes (`dataset.augment`, `Geometry.augment`) settle what the interpolation is and what
+a rotation or a zoom-out brings in from outside the image; both apply to training and
+evaluation batches alike (evaluation only resizes, so only the interpolation differs there):
 
-- Interpolation: bilinear for the image; nearest for every label (the source pixel whose
-  area holds the sampling point), gathered in the stored dtype, so no label mixes two
-  classes or a valid and an invalid pixel.
-- What the rotation or a zoom-out brings in from outside the image: the ImageNet mean colour
-  for the image (0 after normalisation) and no label for every task (255 for class maps,
-  the zero vector for normals, 0 for depth), so the loss and the meters skip it.
+- `official` (the default of `pascal_context`): what the official MTLoRA pipeline does. The
+  image and the normals are interpolated bicubically, with 0 outside the image (black for
+  the image, clamped to 0..255; the zero vector, no label, for normals), and the normals
+  are scaled back to unit length wherever they are not zero; class maps are picked at the
+  nearest pixel, and outside the image they are 0, which counts: background for `semseg`
+  and `human_parts`, not salient for `sal`, no edge for `edge`. As in the official code, a
+  `human_parts` map that is 0 everywhere after the transform (an image without people, or
+  one whose people all left the view) is no label at all. Depth is picked at the nearest
+  pixel, 0 (no label) outside, and divided by the scale factor as the official transform
+  does. The official code rotates at the image's size and then resizes (two
+  interpolations); here the two are one sampling grid, interpolated once.
+- `clean` (the default of `nyud`, and our choice before the official behaviour was
+  reproduced): bilinear for the image; nearest for every label (the source pixel whose area
+  holds the sampling point), gathered in the stored dtype, so no label mixes two classes or
+  a valid and an invalid pixel. What comes from outside the image is the ImageNet mean
+  colour for the image (0 after normalisation) and no label for every task (255 for class
+  maps, the zero vector for normals, 0 for depth), so the loss and the meters skip it.
+  Depth values are not divided by the scale factor: a zoom is treated as a crop, not as the
+  camera moving closer.
+
+Choices the protocol leaves open, fixed here:
 - Normals are vectors, not colours: the flip negates their x component and the rotation
   turns their in-plane (x, y) component by the angle the image content turns, so that a
   normal keeps pointing the same way relative to the surface it belongs to; z is unchanged.
@@ -28,8 +45,6 @@ Choices the protocol leaves open, fixed here:
   the camera frame x right, y down, z forward, as in the synthetic benchmark; "up" flips the
   sense of the rotation). Scaling and the aspect change of the resize leave normals as
   they are.
-- Depth values are not divided by the scale factor: a zoom is treated as a crop, not as the
-  camera moving closer.
 """
 
 from __future__ import annotations
@@ -41,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NORMALS_Y = ("down", "up")
+AUGMENT_MODES = ("official", "clean")
 
 
 @dataclass(frozen=True)
@@ -53,10 +69,17 @@ class Geometry:
     flip: bool = True
     normals_y: str = "down"  # image direction of the normals' +y axis
     original_resolution: bool = False  # score at each image's own size (else at `size`)
+    augment: str = "clean"  # what comes from outside the image, and the interpolation
 
     def __post_init__(self):
         if self.normals_y not in NORMALS_Y:
             raise ValueError(f"normals_y must be one of {NORMALS_Y}, got {self.normals_y!r}")
+        if self.augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {self.augment!r}")
+
+    @property
+    def official(self) -> bool:
+        return self.augment == "official"
 
 
 @dataclass
@@ -161,3 +184,57 @@ def rotate_normals(normals: Tensor, matrices: Tensor) -> Tensor:
         "nij,njhw->nihw", matrices.to(normals.device, non_blocking=True), normals[:, :2]
     )
     return torch.cat([xy, normals[:, 2:]], dim=1)
+
+
+def inside_mask(sizes: Tensor, canvas: tuple[int, int], device: torch.device) -> Tensor:
+    """(N, 1, H, W) bool: the pixels of each image inside the canvas (its top-left corner)."""
+    big_h, big_w = canvas
+    n = sizes.shape[0]
+    sizes = sizes.to(device, non_blocking=True)
+    rows = torch.arange(big_h, device=device).view(1, big_h, 1) < sizes[:, 0].view(n, 1, 1)
+    cols = torch.arange(big_w, device=device).view(1, 1, big_w) < sizes[:, 1].view(n, 1, 1)
+    return (rows & cols).unsqueeze(1)
+
+
+def sample_image(image: Tensor, sizes: Tensor, grid: Tensor, official: bool) -> Tensor:
+    """The (N, 3, size, size) float image in 0..255 at the sampling points of `grid`, from
+    the (N, H, W, 3) canvas crop `image`: bilinear (`clean`; the canvas repeats each image's
+    border, so the border does not blend in black), or bicubic with black outside the image,
+    clamped to 0..255 (`official`). Pixels from outside the image are the caller's to mask
+    in `clean` mode; in `official` they are already black."""
+    x = image.permute(0, 3, 1, 2).float()
+    if not official:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)
+    x = torch.where(inside_mask(sizes, tuple(x.shape[2:]), x.device), x, 0.0)
+    out = F.grid_sample(x, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
+    return out.clamp_(0.0, 255.0)
+
+
+def sample_normals_cubic(normals: Tensor, grid: Tensor) -> Tensor:
+    """`official` normals labels: the (N, 3, H, W) decoded canvas normals (zero vector: no
+    label, and outside each image) interpolated bicubically at `grid`, then scaled back to
+    unit length where not zero. A point all of whose 16 source pixels carry no label stays
+    the zero vector (no label); one near an unlabelled region blends with the zeros before
+    it is rescaled, as in the official pipeline."""
+    out = F.grid_sample(normals.float(), grid, mode="bicubic", padding_mode="zeros",
+                        align_corners=False)
+    norm = out.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, out / norm.clamp_min(1e-30), 0.0)
+
+
+def official_fill(task: str, label: Tensor, valid: Tensor, scale: Tensor) -> Tensor:
+    """`official` labels (`benchmark.tasks` formats, picked at the nearest pixel) outside
+    `valid` (N, 1, H, W): 0 for class maps, which then counts; 0 (no label) for depth, whose
+    values are divided by each image's `scale`. `human_parts`: the stored "no person" map
+    (all 255) is 0 like every other background, and a map that is 0 everywhere afterwards
+    is no label (255) as a whole."""
+    if task == "depth":
+        per_image = scale.to(label.device, non_blocking=True).view(-1, 1, 1, 1).float()
+        return torch.where(valid, label / per_image, 0.0)
+    label = torch.where(valid[:, 0], label, 0)
+    if task == "human_parts":
+        label = torch.where(label == 255, 0, label)
+        empty = (label == 0).flatten(1).all(dim=1).view(-1, 1, 1)
+        label = torch.where(empty, 255, label)
+    return label
