@@ -1,5 +1,5 @@
-"""HyperFormer, DoRA (and MTLoRA with DoRA), TADFormer: counts, identity at zero init,
-trainability, the DoRA layers' algebra, the TADFormer operators, overfitting, the CLI."""
+"""DoRA (and MTLoRA with DoRA), TADFormer: counts, identity at zero init, trainability, the
+DoRA layers' algebra, the TADFormer operators, overfitting, the CLI."""
 
 import copy
 
@@ -10,9 +10,7 @@ from torch import nn
 from benchmark.errors import UserError
 from benchmark.records import iter_records
 from benchmark.run import compose_all, expand
-from methods.adapters import HyperEncoder
 from methods.dora import DoRA
-from methods.hyperformer import HyperFormer
 from methods.lowrank import (
     DoRALinear,
     LowRank,
@@ -43,17 +41,6 @@ from tests.test_mtlora import ONE_TOKEN_TABLES, UNUSED, shared_streams
 TS_LORA = ts_lora()  # task_rank 4, four tasks: proj, fc1, fc2 of the four last blocks
 
 
-def expected_hyperformer(reduction=2, embed_dim=128, hidden=89, tasks=4) -> int:
-    # task, layer (one per block) and position (2) embeddings; one projection to `hidden`;
-    # per stage a head for the whole down (d x m, + m bias) and up (m x d, + d) matrices
-    embeddings = (tasks + len(SWIN_T_BLOCKS) + 2) * embed_dim
-    projection = 3 * embed_dim * hidden + hidden
-    heads = sum(
-        (hidden + 1) * (2 * d * (d // reduction) + d // reduction + d) for d in SWIN_T_STAGES
-    )
-    return embeddings + projection + heads + DECODERS
-
-
 def expected_dora(rank=35) -> int:
     # LoRA on qkv (C -> 3C) and proj (C -> C): r (C + 3C) + r (C + C); a magnitude per
     # output: 3C + C
@@ -78,12 +65,10 @@ def expected_tadformer(rank=64, task_rank=4, prompts=55, kernel=3, tasks=4) -> i
 
 
 def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
-    rows = {r["method"]: r for r in params_of("method=hyperformer,dora,tadformer", *PASCAL_SWIN_T)}
-    assert expected_hyperformer() == 72_679_993  # paper 72.77 M
+    rows = {r["method"]: r for r in params_of("method=dora,tadformer", *PASCAL_SWIN_T)}
     assert expected_dora() == 2_891_648  # lora's 2,873,984 + 17,664 magnitudes
     assert expected_tadformer() == 7_379_834  # paper 7.38 M
     expected = {
-        "hyperformer": (expected_hyperformer(), "hyperformer reduction=2", 72.77, "per_task"),
         "dora": (expected_dora(), "dora r=35", None, "shared"),
         "tadformer": (expected_tadformer(), "tadformer r=64", 7.38, "task_streams"),
     }
@@ -99,9 +84,6 @@ def test_options_change_the_counts_as_the_formulas_say():
                      "method.kernel_size=5", *PASCAL_SWIN_T)
     assert rows[0]["trainable"] == expected_tadformer(rank=16, prompts=2, kernel=5)
     assert rows[0]["paper_trainable_m"] is None
-    rows = params_of("method=hyperformer", "method.reduction=4", "method.hidden=8",
-                     *PASCAL_SWIN_T)
-    assert rows[0]["trainable"] == expected_hyperformer(reduction=4, hidden=8)
     rows = params_of("method=dora", "method.rank=8", *PASCAL_SWIN_T)
     assert rows[0]["trainable"] == expected_dora(8)
 
@@ -136,12 +118,8 @@ def test_options_and_invalid_values():
         "rank": 64, "task_rank": 4, "scale": 4.0, "dropout": 0.05, "prompts": 55,
         "kernel_size": 3,
     }
-    assert HyperFormer().options() == {
-        "reduction": 2, "embed_dim": 128, "hidden": 89, "tasks_per_pass": None
-    }
     assert DoRA(rank=8, alpha=16).scale == 2.0
     bad = {
-        "hyperformer": ["method.hidden=0", "method.reduction=0", "method.tasks_per_pass=0"],
         "dora": ["method.rank=0", "method.dropout=1.5", "method.targets=[qkv,fc3]"],
         "tadformer": ["method.rank=0", "method.task_rank=0", "method.prompts=0",
                       "method.kernel_size=4"],
@@ -156,15 +134,7 @@ def test_options_and_invalid_values():
 # --- identity at zero init, trainability, overfitting ------------------------------------
 
 
-def _zero_generated_up(encoder: HyperEncoder) -> None:
-    with torch.no_grad():
-        for heads in encoder.generator.stages:
-            for p in heads["up"].parameters():
-                p.zero_()
-
-
 BUILD = {  # tiny versions of each method, by name
-    "hyperformer": lambda: HyperFormer(),
     "dora": lambda: DoRA(rank=4),
     "tadformer": lambda: TADFormer(rank=4, task_rank=2, prompts=3),
     "mtlora+dora": lambda: MTLoRA(rank=4, task_rank=2, dora=True),
@@ -177,10 +147,6 @@ def test_zero_initialised_updates_give_the_frozen_backbone_features(name):
     x = torch.randn(2, 3, 32, 32)
     plain = tiny_backbone().eval()
     encoder = BUILD[name]().build_encoder(tiny_backbone(), TASKS).eval()
-    if name == "hyperformer":  # its up heads start small, not zero (every weight trains)
-        with torch.no_grad():
-            assert not torch.allclose(encoder(x)["semseg"][0], plain(x, ["x"])["x"][0])
-        _zero_generated_up(encoder)
     with torch.no_grad():
         assert_same_features(encoder(x), plain(x, TASKS))  # every task, every stage
 
@@ -188,7 +154,7 @@ def test_zero_initialised_updates_give_the_frozen_backbone_features(name):
 def _unused(name: str, size: int = 64) -> tuple[str, ...]:
     """MTLoRA's exception (UNUSED) in the methods built on its task streams, and at 32 px
     the last stage's relative-position tables, which those methods train (ONE_TOKEN_TABLES)."""
-    if name in ("hyperformer", "dora"):
+    if name == "dora":
         return ()
     return UNUSED + (ONE_TOKEN_TABLES if size == 32 else ())
 
@@ -204,9 +170,7 @@ def test_frozen_parameters_get_no_gradient_and_every_trainable_one_does(name):
     randomise(model)  # B != 0 (LoRA, TS-LoRA, TA-modules), so that A and the rest see a signal
     names = dict(model.encoder.named_parameters())
     trainable = _trainable(model)
-    if name == "hyperformer":
-        assert trainable == {n for n in names if n.startswith("generator.")}
-    elif name == "dora":
+    if name == "dora":
         assert trainable == {n for n in names if ".lora." in n or n.endswith(".magnitude")}
         assert sum(n.endswith(".magnitude") for n in trainable) == 2 * 8
     else:  # the MTLoRA family: nothing frozen in it becomes trainable, plus its own parts
@@ -329,49 +293,6 @@ def test_multi_task_dora_normalises_each_output_with_the_shared_magnitude():
         ratio = layer.magnitude / direction.norm(dim=1)
         expected = (x @ base.weight.T + lora(task_x[t])) * ratio + base.bias
         torch.testing.assert_close(per_task[t], expected)
-
-
-# --- HyperFormer --------------------------------------------------------------------------
-
-
-def test_hyperformer_generates_whole_matrices_per_task_and_batches_the_tasks():
-    backbone = tiny_backbone().eval()
-    encoder = HyperFormer().build_encoder(backbone, TASKS)
-    assert isinstance(encoder, HyperEncoder) and encoder.mode == "per_task"
-    weights = encoder.generator()
-    assert len(weights) == 2 * 8  # two adapters in each of the 8 blocks
-    for (down, up), d in zip(weights, [32] * 4 + [64] * 4 + [128] * 4 + [256] * 4):
-        assert down.right is None and up.right is None  # one projection, no factors
-        assert down.left.shape == (len(TASKS), d, d // 2) and up.left.shape == (4, d // 2, d)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        out = encoder(x)
-        for i, task in enumerate(TASKS):
-            with encoder.weights.hold(encoder.generator()), encoder.context.bind(
-                torch.full((2,), i)
-            ):
-                alone = backbone(x, ["x"])["x"]
-            for a, b in zip(out[task], alone):
-                torch.testing.assert_close(a, b)
-    assert not torch.allclose(out["semseg"][-1], out["normals"][-1])
-
-
-def test_hyperformer_adam_step_moves_generated_weights_at_the_pace_of_direct_ones():
-    torch.manual_seed(0)
-    backbone = tiny_backbone()
-    model = model_with(HyperFormer().build_encoder(backbone, TASKS), backbone)
-    generator = model.encoder.generator
-    lr = 1e-3
-
-    def generated() -> list[torch.Tensor]:
-        with torch.no_grad():
-            return [t.clone() for pair in generator() for w in pair for t in (w.left, w.bias)]
-
-    before = generated()
-    assert_gradients(model, fake_batch(size=32))
-    torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr).step()
-    steps = [(a - b).abs().max().item() / lr for a, b in zip(generated(), before)]
-    assert min(steps) > 0.1 and max(steps) < 10, steps  # a direct weight moves by lr
 
 
 # --- TADFormer ----------------------------------------------------------------------------
