@@ -269,6 +269,50 @@ def test_dora_magnitude_and_factors_train_and_the_norm_is_a_constant():
         torch.testing.assert_close(layer(x) - layer.base.bias, 2 * before)
 
 
+def test_dora_dropout_follows_peft_by_default_and_the_update_style_on_request():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 9)
+    x = torch.randn(4, 5, 12)
+    peft = DoRALinear(copy.deepcopy(base), rank=3, scale=2.0, dropout=0.3, dropout_style="peft")
+    update = DoRALinear(copy.deepcopy(base), rank=3, scale=2.0, dropout=0.3)
+    assert update.dropout_style == "update"  # the layer's default, which MTLoRA keeps
+    randomise(peft)
+    update.load_state_dict(peft.state_dict())
+    with torch.no_grad():
+        peft.magnitude.mul_(torch.linspace(0.5, 1.5, 9))
+        update.magnitude.copy_(peft.magnitude)
+    w, b, a, bb = base.weight, base.bias, peft.lora.a.detach(), peft.lora.b.detach()
+    direction = w + 2.0 * bb @ a
+    r = peft.magnitude.detach() / direction.norm(dim=1)
+    torch.manual_seed(1)
+    dropped = nn.functional.dropout(x, 0.3, training=True)  # the mask the layer will draw
+    with torch.no_grad():
+        torch.manual_seed(1)
+        got_peft = peft.train()(x)
+        torch.manual_seed(1)
+        got_update = update.train()(x)
+        # peft's Linear with a DoRA variant in training: the base layer's output plus
+        # (r - 1) W dropout(x) + r s B A dropout(x)
+        expected = x @ w.T + b + (r - 1) * (dropped @ w.T) + r * 2.0 * (dropped @ a.T @ bb.T)
+        torch.testing.assert_close(got_peft, expected)
+        torch.testing.assert_close(got_update, r * (x @ w.T + 2.0 * dropped @ a.T @ bb.T) + b)
+        assert not torch.allclose(got_peft, got_update)
+        # in eval mode (dropout off) both are r (W x + s B A x) + b
+        full = r * (x @ w.T + 2.0 * x @ a.T @ bb.T) + b
+        torch.testing.assert_close(peft.eval()(x), full)
+        torch.testing.assert_close(update.eval()(x), full)
+    # the method's default is peft's; MTLoRA's DoRA layers keep the update style
+    assert DoRA().options()["dropout_style"] == "peft"
+    layers = [m for m in DoRA(rank=2).build_encoder(tiny_backbone(), TASKS).modules()
+              if isinstance(m, DoRALinear)]
+    assert layers and all(m.dropout_style == "peft" for m in layers)
+    layers = [m for m in MTLoRA(rank=2, dora=True).build_encoder(tiny_backbone(), TASKS).modules()
+              if isinstance(m, DoRALinear)]
+    assert layers and all(m.dropout_style == "update" for m in layers)
+    with pytest.raises(UserError, match="method dora: dropout_style"):
+        compose_all(expand(["method=dora", "method.dropout_style=both"]))
+
+
 def test_multi_task_dora_normalises_each_output_with_the_shared_magnitude():
     torch.manual_seed(0)
     base = nn.Linear(10, 6)
