@@ -48,8 +48,8 @@ decoders (1,946,624):
 
 No setting of the official structure reaches the paper's counts: even reduction 1 (m = d)
 gives 2,022,912 / 1,996,416, and four task-specific sets with their own LayerNorms would
-stay near 2.25 M. We keep the official structure and report the gap (`docs/protocol.md`
-on the Polyhistor-paper counts).
+stay near 2.25 M. We keep the official structure and report the gap (see protocol §3.2 on
+the Polyhistor-paper counts).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ Count and default. A set costs `num_prompts` x width. Swin-T's block widths sum 
 (the prompts that cross a merging are computed from the first stage's, not learned anew).
 The default P = 200 is among the lengths VPT searches (1, 5, 10, 50, 100, 200), and P = 200
 shared (or 50 per task, four sets) is the one length that the paper's two VPT counts imply
-together (`docs/protocol.md` on the Polyhistor-paper counts). Trainable for Swin-T on
+together (with the offset the Polyhistor-paper rows share, protocol §3.2). Trainable for Swin-T on
 PASCAL: `vpt_shallow` 1,965,824 (19,200 prompts + 1,946,624 decoder parameters; paper
 2.57 M), `vpt_deep` 2,829,824 (883,200 + 1,946,624; paper 3.43 M).
 """
