@@ -2,12 +2,15 @@
 #             committed under results/ are replaced by this machine's), write the report.
 #             make bench SWEEP=full runs every method of the suite instead.
 # make test:  set up .venv, lint, run the test suite.
+# make gpu-check: verify this machine's GPU path in at most 8 minutes (reduced on a CPU);
+#             figures, records, logs and summary.md in GPUCHECK_DIR and GPUCHECK_DIR.tar.gz.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 SWEEP ?= default
+GPUCHECK_DIR ?= gpucheck
 
-.PHONY: bench test setup report clean-venv
+.PHONY: bench test setup report clean-venv gpu-check
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +29,9 @@ report: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+gpu-check:
+	python3 -m benchmark.gpucheck output_dir=$(GPUCHECK_DIR)
 
 clean-venv:
 	rm -rf $(VENV)

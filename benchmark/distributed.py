@@ -104,11 +104,26 @@ def teardown() -> None:
 
 
 def device_for(device: torch.device) -> torch.device:
-    """The device this rank trains on: the GPU of its LOCAL_RANK under torchrun."""
+    """The one place where a CUDA device gets its index: the GPU of this rank's LOCAL_RANK
+    under torchrun, else the index given, else the current CUDA device. Tensors always carry
+    an index (`cuda:0`) and `torch.device("cuda") != torch.device("cuda:0")`, so a device
+    without one would compare unequal to where its own tensors live, and the calls that
+    need an index (`torch.cuda.set_device`) would refuse it."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
     world = current()
-    if world.distributed and device.type == "cuda":
+    if world.distributed:
         return torch.device("cuda", world.local_rank)
+    if device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same, by type and index (`cuda` meaning its index)."""
+    a, b = device_for(a), device_for(b)
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
 def broadcast(value):

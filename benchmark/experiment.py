@@ -44,6 +44,7 @@ from benchmark.train import (
     Execution,
     GroupResult,
     TrainingDiverged,
+    execution_cost,
     resolve_device,
     train_and_evaluate,
 )
@@ -294,6 +295,7 @@ def make_record(cfg, method, directory: Path, results: list[GroupResult], refere
             "memory_kind": results[0].memory_kind,
             "device": device_name(device),
             "world_size": distributed.current().size,
+            **execution_cost(results),
         },
         "final_loss": {"+".join(r.tasks): r.final_loss for r in results},
         "run_dir": str(directory),

@@ -45,6 +45,9 @@ def run_key(cfg: DictConfig) -> str:
         }
         for group in ("method", "dataset", "backbone", "budget")
     }
+    from benchmark.precision import key_budget
+
+    parts["budget"] = key_budget(parts["budget"])  # `amp` and `precision`: one spelling
     parts["seed"] = cfg.seed
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]

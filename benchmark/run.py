@@ -148,7 +148,10 @@ def validate(cfg: DictConfig, training: bool = False) -> None:
         raise UserError(f"budget.lr must be positive, got {budget.lr}")
     if not isinstance(cfg.seed, int):
         raise UserError(f"seed must be a whole number, got {cfg.seed!r}")
-    for key in ("compile", "channels_last"):
+    from benchmark.precision import check_budget
+
+    check_budget(budget)
+    for key in ("compile", "channels_last", "fused_attn"):
         if not isinstance(cfg[key], bool):
             raise UserError(f"{key} must be true or false, got {cfg[key]!r}")
     if not isinstance(cfg.data_on_gpu, int | float) or not 0 <= cfg.data_on_gpu <= 1:

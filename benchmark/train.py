@@ -2,23 +2,31 @@
 
 AdamW (betas 0.9/0.999, eps 1e-8) with weight decay on matrices only; the learning rates
 of the budget scaled by batch * world / 512; linear warm-up then cosine decay, per step;
-gradient-norm clipping; bf16 autocast on CUDA; the task-weighted loss of SPEC 1.1; metrics
-from streaming meters over the validation split.
+gradient-norm clipping; the precision of `benchmark.precision` (bf16 autocast on CUDA by
+default, fp16 with a gradient scaler, or fp32; evaluation in fp32); the task-weighted loss
+of SPEC 1.1; metrics from streaming meters over the validation split.
 
 How fast it runs (`Execution`, none of which changes what is computed beyond rounding):
 the training loop never waits for the device except once per epoch (the epoch's loss);
 the optimiser is the fused AdamW on CUDA; the training split stays on the GPU when it fits
 (`benchmark.data.place_split`), otherwise batches are gathered ahead by a background thread
 and copied from pinned memory on a stream of their own; `compile` hands the model to
-`torch.compile`; `channels_last` stores images and convolution weights NHWC. Under torchrun
+`torch.compile` (dynamo reset per model, so that no model of a sweep falls back to eager
+at dynamo's recompile limit; whether it really ran compiled is recorded, and the first
+step's excess over the second, the compilation, is timed apart as `compile_seconds` and
+left out of `train_seconds`); `channels_last` stores images and convolution weights NHWC;
+`fused_attn` switches timm's attention to `scaled_dot_product_attention`. Under torchrun
 (`benchmark.distributed`) the model trains in DistributedDataParallel, each rank on its
 shard of every epoch, and the evaluation is sharded and reduced.
+
+One optimiser step is `TrainStep`, which `benchmark.perf` times as it is.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +43,17 @@ from benchmark.errors import UserError
 from benchmark.losses import MultiTaskLoss
 from benchmark.metrics import TaskMeters
 from benchmark.model import MultiTaskModel, count_parameters
+from benchmark.precision import (
+    autocast,
+    effective,
+    evaluation_precision,
+    grad_scaler,
+    set_matmul_precision,
+    training_precision,
+)
+
+# what torch.compile hands the graphs to (a test replaces it with a cheap one)
+COMPILE_BACKEND = "inductor"
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,6 +78,10 @@ class GroupResult:
     peak_memory_mb: float | None
     memory_kind: str
     final_loss: float
+    precision: str = "fp32"  # in effect (a CPU trains in fp32 whatever asked)
+    eval_precision: str = "fp32"
+    compiled: bool | None = None  # None: not asked; False: asked, but ran eager
+    compile_seconds: float = 0.0  # left out of train_seconds
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,7 @@ class Execution:
     channels_last: bool = False  # NHWC images and convolution weights
     data_on_gpu: float = 0.25  # share of free GPU memory the training split may take
     prefetch: int = 2  # batches prepared ahead when the data stays in host memory
+    fused_attn: bool = False  # timm's attention through scaled_dot_product_attention
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Execution:
@@ -77,6 +101,7 @@ class Execution:
             channels_last=bool(cfg.channels_last),
             data_on_gpu=float(cfg.data_on_gpu),
             prefetch=int(cfg.prefetch),
+            fused_attn=bool(cfg.get("fused_attn", False)),
         )
 
 
@@ -111,9 +136,89 @@ def lr_schedule(budget: DictConfig, steps_per_epoch: int, world_size: int = 1):
     return lr_at
 
 
-def autocast(device: torch.device, enabled: bool):
-    enabled = enabled and device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TrainStep:
+    """One optimiser step of the recipe: the learning rate of the step, forward under the
+    precision's autocast, the loss, backward (through the gradient scaler for fp16),
+    gradient-norm clipping, AdamW. The training loop calls it, and `benchmark.perf` times
+    it as it is. Out of memory anywhere in it is `OutOfMemory`."""
+
+    def __init__(self, module: nn.Module, criterion, optimizer, params, budget, device,
+                 execution: Execution, lr_at, precision: str):
+        self.module, self.criterion, self.optimizer = module, criterion, optimizer
+        self.params, self.device, self.lr_at = params, device, lr_at
+        self.clip, self.batch_size = budget.clip_grad, budget.batch_size
+        self.channels_last = execution.channels_last
+        self.precision = precision
+        self.scaler = grad_scaler(device, precision)
+
+    def __call__(self, batch: dict, step: int) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        images = batch["image"]
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        try:
+            with autocast(self.device, self.precision):
+                outputs = self.module(images)
+            loss, _ = self.criterion(outputs, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+                self.optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+                self.scaler.step(self.optimizer)  # skipped when the scaled ones overflowed
+                self.scaler.update()
+        except torch.cuda.OutOfMemoryError:
+            raise OutOfMemory(
+                f"out of memory on {self.device} at budget.batch_size={self.batch_size}; "
+                "lower it (the learning rate scales with it)"
+            ) from None
+        return loss.detach()
+
+
+class CompileProbe:
+    """Whether a compiled module really ran compiled: dynamo counts every graph it hands
+    to the backend; none after the first call means dynamo fell back to eager."""
+
+    def __init__(self):
+        self._start = self._graphs()
+
+    @staticmethod
+    def _graphs() -> int:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
+    @property
+    def compiled(self) -> bool:
+        return self._graphs() > self._start
+
+
+def compile_module(module: nn.Module) -> tuple[nn.Module, CompileProbe]:
+    """`torch.compile(module)` after resetting dynamo: each new model (a sweep has many, of
+    different structure) would otherwise count against the recompile limit of the same
+    forward code, and from the ninth on run eager without a word."""
+    torch._dynamo.reset()
+    probe = CompileProbe()
+    return torch.compile(module, backend=COMPILE_BACKEND), probe
+
+
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Turn timm's fused attention (`scaled_dot_product_attention`) on or off in every
+    attention module of `model`; returns how many there are."""
+    modules = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    for m in modules:
+        m.fused_attn = enabled
+    return len(modules)
 
 
 def train_and_evaluate(
@@ -142,6 +247,12 @@ def train_and_evaluate(
     execution = execution or Execution()
     world = distributed.current()
     tasks = model.tasks
+    device = distributed.device_for(device)
+    precision = effective(device, training_precision(budget))
+    eval_precision = effective(device, evaluation_precision(budget))
+    set_matmul_precision(device, precision)
+    if execution.fused_attn:
+        set_fused_attention(model, True)
     model.to(device)
     if execution.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -170,7 +281,13 @@ def train_and_evaluate(
         torch.manual_seed(seed + 100_003 * world.rank)
     if checkpoint is not None and distributed.broadcast(checkpoint.exists()):
         state = load_checkpoint(checkpoint, model, optimizer, device)
-    step_model = training_module(model, device, data.info.image_size, execution.compile)
+    step_model, probe = training_module(
+        model, device, data.info.image_size, execution.compile, with_probe=True
+    )
+    train_step = TrainStep(step_model, criterion, optimizer, params, budget, device, execution,
+                           lr_at, precision)
+    compile_seconds = 0.0
+    timed_steps: list[float] = []  # the first two steps of a compiled model, synchronised
     bar = tqdm(
         total=total_steps, initial=state.step, desc=desc, unit="step",
         disable=not progress or not world.is_main, leave=False,
@@ -181,34 +298,29 @@ def train_and_evaluate(
             with Stopwatch(device) as watch:
                 loader.set_epoch(epoch)
                 epoch_loss = torch.zeros((), device=device)
+                excluded = 0.0  # compilation in this epoch
                 for batch in loader:
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(state.step)
-                    images = batch["image"]
-                    if execution.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    try:
-                        with autocast(device, budget.amp):
-                            outputs = step_model(images)
-                        loss, _ = criterion(outputs, batch)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                    except torch.cuda.OutOfMemoryError:
-                        raise OutOfMemory(
-                            f"out of memory on {device} at budget.batch_size="
-                            f"{budget.batch_size}; lower it (the learning rate scales with it)"
-                        ) from None
-                    torch.nn.utils.clip_grad_norm_(params, budget.clip_grad)
-                    optimizer.step()
-                    epoch_loss += loss.detach()
+                    timing = probe is not None and len(timed_steps) < 2
+                    if timing:
+                        _sync(device)
+                        start = time.perf_counter()
+                    epoch_loss += train_step(batch, state.step)
+                    if timing:
+                        _sync(device)
+                        timed_steps.append(time.perf_counter() - start)
+                        # compilation: the first step's excess over the second
+                        spent = (timed_steps[0] if len(timed_steps) == 1
+                                 else max(0.0, timed_steps[0] - timed_steps[1]) - timed_steps[0])
+                        compile_seconds += spent
+                        excluded += spent
                     state.step += 1
-                    state.images += images.shape[0] * world.size
+                    state.images += batch["image"].shape[0] * world.size
                     bar.update()
                 # the mean over every rank's batches, so that all ranks take the same
                 # decisions below; one host sync per epoch
                 state.last_loss = (distributed.all_reduce_(epoch_loss, "mean") / len(loader)).item()
             state.epoch = epoch + 1
-            state.seconds += watch.seconds
+            state.seconds += max(0.0, watch.seconds - excluded)
             bar.set_postfix(epoch=epoch + 1, loss=f"{state.last_loss:.3f}")
             if not math.isfinite(state.last_loss):
                 bar.close()
@@ -226,7 +338,7 @@ def train_and_evaluate(
     distributed.sync_buffers(model)
     distributed.check_replicas(model)
 
-    metrics = evaluate(model, data, budget, device, prefetch)
+    metrics = evaluate(model, data, budget, device, prefetch, eval_precision)
     peaks = [p for p in distributed.gather(_max(state.peak_memory_mb, memory.mb)) if p]
     return GroupResult(
         tasks=tasks,
@@ -239,47 +351,79 @@ def train_and_evaluate(
         peak_memory_mb=max(peaks) if peaks else None,  # per process; the largest over ranks
         memory_kind=memory.kind,
         final_loss=state.last_loss,
+        precision=precision,
+        eval_precision=eval_precision,
+        compiled=None if probe is None else probe.compiled,
+        compile_seconds=compile_seconds,
     )
 
 
 def training_module(
-    model: MultiTaskModel, device: torch.device, image_size: int, compile: bool = False
-) -> nn.Module:
+    model: MultiTaskModel, device: torch.device, image_size: int, compile: bool = False,
+    with_probe: bool = False,
+):
     """What the training loop calls: `model` itself, wrapped in DistributedDataParallel
     under torchrun, and compiled on request (the DDP wrapper, as PyTorch recommends).
-    Checkpoints, evaluation and parameter counts keep using `model`."""
+    Checkpoints, evaluation and parameter counts keep using `model`. With `with_probe`,
+    also the `CompileProbe` of the compiled module (None when not compiled).
+
+    DDP is never asked to find unused parameters (a walk of the autograd graph and a
+    synchronisation every step): the trainable parameters that reach no output are known
+    before training (`unused_parameters`) and left out of DDP's gradient reduction; they get
+    no gradient on any rank, so they stay as they are on every rank."""
     module: nn.Module = model
     if distributed.current().distributed:
         from torch.nn.parallel import DistributedDataParallel
 
+        ignored = unused_parameters(model, image_size, device)
+        if ignored:  # how DDP is told to leave parameters alone
+            model._ddp_params_and_buffers_to_ignore = ignored
         module = DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=has_unused_parameters(model, image_size, device),
+            find_unused_parameters=False,
         )
+    probe = None
     if compile:
-        module = torch.compile(module)
-    return module
+        module, probe = compile_module(module)
+    return (module, probe) if with_probe else module
 
 
-def has_unused_parameters(model: nn.Module, image_size: int, device: torch.device) -> bool:
-    """Whether some trainable parameter does not reach any output (MTLoRA: the shared
-    stream's LoRA on fc2 in the last block, which no decoder reads). DDP must then be told
-    (`find_unused_parameters`), which costs a walk of the autograd graph every step, so it
-    is only asked for where needed. One eval-mode forward and backward of a blank image
-    finds out without touching the model's state (no dropout draws, no BatchNorm update)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+def unused_parameters(model: nn.Module, image_size: int, device: torch.device) -> list[str]:
+    """The names of the trainable parameters that reach no output (MTLoRA: the shared
+    stream's LoRA on fc2 in the last block, which no decoder reads). One eval-mode forward
+    and backward of a blank image finds them without touching the model's state (no
+    dropout draws, no BatchNorm update)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     was_training = model.training
     model.eval()
     try:
         outputs = model(torch.zeros(1, 3, image_size, image_size, device=device))
         sum(o.float().sum() for o in outputs.values()).backward()
-        unused = any(p.grad is None for p in trainable)
+        unused = [n for n, p in trainable if p.grad is None]
     finally:
-        for p in trainable:
+        for _, p in trainable:
             p.grad = None
         model.train(was_training)
     return unused
+
+
+def has_unused_parameters(model: nn.Module, image_size: int, device: torch.device) -> bool:
+    """Whether some trainable parameter reaches no output (`unused_parameters`)."""
+    return bool(unused_parameters(model, image_size, device))
+
+
+def execution_cost(results: list[GroupResult]) -> dict:
+    """The record's `cost` fields of how the groups executed: precision of training and
+    evaluation, whether they ran compiled, and the seconds compiling took (not part of
+    `train_seconds`)."""
+    compiled = [r.compiled for r in results]
+    return {
+        "precision": results[0].precision,
+        "eval_precision": results[0].eval_precision,
+        "compiled": None if all(c is None for c in compiled) else all(bool(c) for c in compiled),
+        "compile_seconds": sum(r.compile_seconds for r in results),
+    }
 
 
 def _max(a: float | None, b: float | None) -> float | None:
@@ -355,11 +499,15 @@ def evaluate(
     budget: DictConfig,
     device: torch.device,
     prefetch: int = 0,
+    precision: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics over the validation split, at the resolution the dataset is scored at
     (`dataset.eval_resolution`: the input size, or each image's own size). Under torchrun
-    each rank scores its shard and the meters' sums are added up over the ranks."""
+    each rank scores its shard and the meters' sums are added up over the ranks. In
+    `precision` (default: the budget's `eval_precision`, fp32 unless set)."""
     tasks = model.tasks
+    device = distributed.device_for(device)
+    precision = effective(device, precision or evaluation_precision(budget))
     world = distributed.current()
     loader = BatchLoader(
         data.val, tasks, 2 * budget.batch_size, device, max_images=budget.val_images,
@@ -368,7 +516,7 @@ def evaluate(
     meters = TaskMeters({t: data.info.num_outputs[t] for t in tasks}, device=device)
     model.eval()
     for batch in loader:
-        with autocast(device, budget.amp):
+        with autocast(device, precision):
             outputs = model(batch["image"])
         for predictions, labels in loader.score_pairs(outputs, batch):
             meters.update(predictions, labels)
@@ -376,7 +524,8 @@ def evaluate(
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device of `device=NAME`; under torchrun, CUDA means this rank's GPU."""
+    """The device of `device=NAME`, CUDA always with its index (`distributed.device_for`);
+    under torchrun, CUDA means this rank's GPU."""
     if name == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -386,4 +535,9 @@ def resolve_device(name: str) -> torch.device:
             raise UserError(f"unknown device={name}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA device is visible; use device=cpu or auto")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise UserError(
+            f"device={name} but {count} CUDA devices are visible; use cuda:0 to cuda:{count - 1}"
+        )
     return distributed.device_for(device)

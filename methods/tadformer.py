@@ -1,209 +1,187 @@
 """TADFormer (Baek, Lee, Jo, Choi, Min: "TADFormer: Task-Adaptive Dynamic Transformer for
-Efficient Multi-Task Learning", CVPR 2025). Published on PASCAL-Context with Swin-T:
-Δm +4.24 % at 7.38 M trainable parameters for r = 64 (SPEC 3.2, "later methods").
+Efficient Multi-Task Learning", CVPR 2025), as its official implementation behaves, with the
+dynamic task filter of the paper switched on (protocol §3.2). Published on PASCAL-Context
+with Swin-T: 3.56 / 4.78 / 7.38 M trainable parameters, Δm +2.44 / +3.63 / +4.24 % at
+r = 16 / 32 / 64. The building blocks are in `methods.tadformer_blocks`.
 
-The paper builds on MTLoRA's code and describes, for Swin: task prompts prepended to the
-image tokens; in every block but the last of a stage, a task-shared module (low-rank
-updates of the frozen weights); in the last block of each stage, a task-adapting block in
-which a task-prompt conditional (TPC) operator turns the attention between the task prompts
-and the image tokens into task-adapted features, fed to a task-aware module (TA-module) made
-of a down projection, a dynamic task filter (DTF: convolution kernels generated per sample
-from its own input context) and an up projection. This file is our reading of that
-description; the equations below, and every width, are our choices.
+Structure (one encoder pass, task streams as MTLoRA's, protocol §2.3):
 
-Structure (one encoder pass, task streams as `mtlora`, SPEC 2.3):
+- Shared path: MTLoRA's TA-LoRA, rank `rank`, fixed scale `scale` (4.0, not alpha / r),
+  LoRA dropout `dropout` (0.05) on the shared input, on qkv, proj, fc1, fc2 of all blocks.
+- Task prompts: one learned token per task (row t is task t of the task list), of the
+  embedding width, initialised N(1, 1) truncated to the absolute bounds [-2, 2]. They are
+  prepended to every window of every block (`PromptBlock`): image tokens attend to them,
+  they attend to the window's patches and to each other, without relative-position bias or
+  shift mask. Each block updates them as p + droppath(MLP(norm2(a))), a being their proj
+  output averaged over the image's windows (no attention residual; the block's own norms
+  and shared layers), except the network's very last block. At each patch merging they
+  cross by a trainable projection C -> 2C without bias (trunc-normal, std 0.02); they do
+  not go through the merging itself.
+- Task-adapting block, the last block of each stage (`TaskAdaptingBlock`): qkv is shared,
+  so is the attention map. The task-prompt-conditioned (TPC) operator weights the dropped-
+  out attention output x_O of every head by GELU of the raw (unscaled, pre-softmax) q k^T
+  logits of the task's prompt to each patch: M_t; proj's task input is LN(x_O + M_t), one
+  LayerNorm per proj layer shared by the tasks. proj, fc1 and fc2 are `TaskAdaptedLinear`s:
+  their task outputs reuse the layer's shared factors A, B with a task filter in the rank-r
+  bottleneck, W x + b + s B filter_t(A x_t) (the frozen term reads the shared input), the
+  filter running on each 7 x 7 window for proj and on the whole stage map for fc1, fc2.
+  There are no task-specific low-rank factors.
+- Task filter (`filter`): `dynamic` (default), one `DynamicTaskFilter` per layer shared by
+  the tasks, kernels generated per sample (and per window in proj) from its pooled
+  features; `static`, the released code's per-task depthwise 3 x 3 convolution with bias.
+  The release leaves the dynamic filter commented out, but the paper's counts are exactly
+  those of the dynamic filter (below), so the published results presumably used it.
+- Stage-wise gate: one scalar gamma per stage (0 at start), g = sigmoid(gamma) shared by the
+  tasks; after the stage every task stream becomes g S_t + (1 - g) out_t, S_t the TPC map
+  M_t of the last block. The official code stores M_t channel-first and reads its memory
+  as (window, window, C) without a transpose, scrambling channels and positions; we
+  reproduce that layout (`TaskAdaptingBlock.skip_map`), as the trained models have it.
+- Patch merging: the shared and every task stream pass the same merging, its LayerNorm
+  trainable and its reduction frozen, without LoRA. Decoders, loss, trainer: the harness's.
 
-- Task-shared module: MTLoRA+'s TA-LoRA (`methods.mtlora.MTLoRAPlus`), rank `rank`, on qkv,
-  proj, fc1, fc2 of every block and on the (frozen) patch-merging reductions; norms, patch
-  embedding and relative-position tables train, as in MTLoRA. Why MTLoRA+ rather than
-  MTLoRA: 7.38 M lies 0.33 M above MTLoRA+ r=64 (7,054,394, the official code's
-  configuration) and 0.96 M below MTLoRA r=64 (8,344,634, whose merging reductions train in
-  full), so trainable reductions leave no room for the paper's count.
-- Task-adapting block (`TaskAdaptingBlock`), the last block of each stage, computes the
-  shared stream and one stream per task exactly as MTLoRA's `TaskStreamBlock`, except that
-  the task updates are TA-modules and that of `proj` reads the TPC output:
-  - Task prompts: `prompts` learned tokens per task and per stage, of the stage's width. The
-    paper inserts its prompts once, in the first stage (VPT-shallow), and carries them through
-    the blocks; Swin's patch merging has no place for extra tokens, so each stage's
-    task-adapting block gets its own prompts.
-  - TPC: every image token attends to all tasks' prompts, through the block's own (adapted)
-    attention projections, queries from the tokens (q rows of qkv on norm1(x)), keys from the
-    prompts (k rows of qkv on norm1(prompts)), per head, softmax over all T * `prompts`
-    prompt tokens (so the tasks compete for each token: the cross-task interaction); the task
-    attention map of task t at a token is its share of that attention, summed over its
-    prompts and averaged over the heads, a_t in [0, 1] with sum over tasks 1. The task-
-    adapted features are T * a_t times the shared attention output (before `proj`): equal
-    to it where the attention is uniform, emphasised where the task's prompts draw the
-    token. The attention is global (not windowed; prompts are few) and the low-rank update
-    of qkv is read without dropout.
-  - TA-module (`DynamicLowRank`), in place of MTLoRA's TS-LoRA on proj, fc1 and fc2, rank
-    `task_rank` per task: down A_t, then the DTF, then up B_t, scaled by `scale`. The DTF
-    is a depthwise `kernel_size` x `kernel_size` convolution over the token grid of the
-    rank-`task_rank` features, one kernel per channel *and per sample*, generated by a linear
-    layer from the features' global average: h -> h + dwconv(h; W_k mean(h) + c_k). The
-    generator starts at zero, so the filter starts as the identity and the TA-module as a
-    TS-LoRA update; B_t starts at zero, so the whole network starts as the frozen one.
-  - fc1 and fc2 read the task streams as in MTLoRA; their TA-modules see the grid too.
-- The shared stream never reads prompts or TA-modules; it is MTLoRA+'s.
+With all B zero every task stream equals the shared stream before the gate (exactly in
+eval mode; in training drop path is drawn per stream, as in the official code). The shared
+stream is not the frozen backbone's even then: image tokens attend to the prompts.
 
-Trains: as MTLoRA+ (TA-LoRA factors, norms, patch embedding, relative-position tables),
-plus the TA-modules (down, up and DTF generator), the prompts, and the decoders (the
-harness). Frozen: the weights and biases of qkv, proj, fc1, fc2 and the merging reductions.
-The very last block's shared fc2 update reaches no decoder, as in MTLoRA.
+Trains: TA-LoRA factors, task filters, prompts, prompt projections, gates, TPC LayerNorms,
+every block and merging LayerNorm, the patch embedding, the relative-position tables, and
+the decoders (the harness). Frozen: qkv, proj, fc1, fc2 weights and biases and the merging
+reductions. The TPC LayerNorms of the blocks that are not last in their stage are created
+and counted, as in the official code, but never used (no gradient).
 
-Defaults and count. `rank` 64 (the paper's published configuration), `task_rank` 4 and
-`scale` 4.0, `dropout` 0.05 (MTLoRA's), `kernel_size` 3, and `prompts` 55 fitted last to
-the paper's 7.38 M. For Swin-T (stage widths 96, 192, 384, 768, summing to 1,440), four
-PASCAL tasks and decoders:
+Where we differ from the release, or choose where it is silent:
 
-    MTLoRA+ r=64 without its TS-LoRA           6,777,914  (7,054,394 - 276,480)
-    TA-modules: down and up                      276,480  (as TS-LoRA at task_rank 4)
-    DTF generators: (4 + 1) * 4 * 9 per layer      8,640  (3 layers x 4 stages x 4 tasks)
-    prompts: 4 tasks x 55 x 1,440                316,800
-    total                                      7,379,834  (paper 7.38 M; 166 below)
+- The dynamic task filter is on by default (the release runs the static one); its 1 x 1
+  generator is an `nn.Linear` on the pooled vector, the same map with the same initial
+  distribution.
+- The release's r = 16 configuration lacks the two gate switches and fails at the first
+  forward; we run r = 16 like r = 32 and 64 (skip map and stage-wise gate on).
+- One prompt per task, the only count the official TPC supports; no option.
+- The prompts' MLP update runs the shared layers as the image tokens do, LoRA dropout
+  included; drop path draws its own mask for the prompts.
+- A map whose side is not a multiple of the window is zero-padded as timm pads it, and the
+  prompts are averaged over the padded windows too (Swin-T at 448 never pads).
 
-One prompt more or less per task and stage moves the count by 5,760.
+Count for Swin-T at 448 (block widths summing to 4,416) with four PASCAL tasks, r = rank:
+
+    TA-LoRA 70,656 r; dynamic filters 12 (9 r^2 + 27 r)  [static: 480 r]
+    prompts 384; projections 387,072; gates 4; TPC norms 8,832
+    norms 23,040; patch embedding 4,896; relative positions 23,322; decoders 1,946,624
+
+    dynamic: 3,557,502 / 4,776,126 / 7,379,262 at r = 16 / 32 / 64 (paper 3.56 / 4.78 / 7.38)
+    static:  3,532,350 / 4,670,526 / 6,946,878
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.base import positive_ints
-from methods.lowrank import LoRALinear, LowRank, MultiTaskLoRALinear
-from methods.mtlora import MTLoRAPlus, TaskStreamBlock
+from benchmark.backbone import SwinBackbone
+from benchmark.model import Encoder
+from methods.base import Method, freeze, positive_ints, unfreeze_norms
+from methods.lowrank import LoRALinear, inject
+from methods.mtlora import TA_TARGETS, TS_TARGETS
+from methods.tadformer_blocks import PromptBlock, TaskAdaptedLinear, TaskAdaptingBlock
+
+FILTERS = ("dynamic", "static")
 
 
-class DynamicLowRank(LowRank):
-    """A TA-module: `x -> scale * B filter(A x)` on a (batch, H, W, in) token grid, where
-    `filter` is the dynamic task filter, a per-sample depthwise convolution whose kernels
-    are generated from the sample's pooled low-rank features (identity at the start)."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        rank: int,
-        scale: float,
-        kernel_size: int,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ):
-        super().__init__(in_features, out_features, rank, scale, device, dtype)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
-        self.kernel_size = kernel_size
-        self.kernels = nn.Linear(rank, rank * kernel_size**2, device=device, dtype=dtype)
-        nn.init.zeros_(self.kernels.weight)
-        nn.init.zeros_(self.kernels.bias)
-
-    def filter(self, h: Tensor) -> Tensor:
-        """`h + dwconv(h)` with each sample's own kernels; h is (batch, H, W, rank)."""
-        n, height, width, rank = h.shape
-        k = self.kernel_size
-        kernels = self.kernels(h.mean(dim=(1, 2))).reshape(n * rank, 1, k, k)
-        # every (sample, channel) pair is one group of a single grouped convolution
-        grid = h.permute(0, 3, 1, 2).reshape(1, n * rank, height, width)
-        out = F.conv2d(grid, kernels.to(grid.dtype), padding=k // 2, groups=n * rank)
-        return h + out.reshape(n, rank, height, width).permute(0, 2, 3, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4:
-            raise ValueError(
-                f"a dynamic task filter needs a (batch, H, W, C) token grid, got {tuple(x.shape)}"
-            )
-        return F.linear(self.filter(F.linear(x, self.a)), self.b) * self.scale
-
-    def delta_weight(self) -> Tensor:
-        raise NotImplementedError("a TA-module's update depends on its input: no dense weight")
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dynamic {self.kernel_size}x{self.kernel_size} filter"
+def init_prompts_(prompts: Tensor) -> Tensor:
+    """N(1, 1) truncated to the absolute bounds [-2, 2] (timm's `trunc_normal_(mean=1)`)."""
+    return nn.init.trunc_normal_(prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
 
 
-def _rows(qkv: LoRALinear, x: Tensor, part: int) -> Tensor:
-    """Part `part` (0: q, 1: k, 2: v) of the adapted qkv projection of x, dropout off."""
-    if type(qkv) is not LoRALinear:
-        raise TypeError(f"the task attention needs a LoRA-adapted qkv, got {type(qkv).__name__}")
-    width = qkv.out_features // 3
-    rows = slice(part * width, (part + 1) * width)
-    base = qkv.base
-    y = F.linear(x, base.weight[rows], None if base.bias is None else base.bias[rows])
-    if not qkv.merged:
-        y = y + F.linear(F.linear(x, qkv.lora.a), qkv.lora.b[rows]) * qkv.lora.scale
-    return y
+class TADFormerEncoder(Encoder):
+    """The backbone run with the prompts: every block takes and returns (tokens, prompts);
+    each stage's last block returns the task streams, which leave through the merging."""
+
+    def __init__(self, backbone: SwinBackbone, tasks: Sequence[str]):
+        super().__init__(backbone, tasks, mode="task_streams")
+        w = backbone.patch_embed.proj.weight
+        dd = {"device": w.device, "dtype": w.dtype}
+        self.prompts = nn.Parameter(init_prompts_(torch.empty(len(tasks), backbone.embed_dim,
+                                                              **dd)))
+        self.prompt_up = nn.ModuleList()
+        for stage in backbone.stages[:-1]:
+            up = nn.Linear(stage.merge.dim, stage.merge.out_dim, bias=False, **dd)
+            nn.init.trunc_normal_(up.weight, std=0.02)
+            self.prompt_up.append(up)
+
+    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
+        x = self.backbone.patch_embed(images)
+        # a copy, not a view: a view of a parameter made under no_grad trips the module
+        # tracker of PyTorch's FLOP counter
+        p = self.prompts.repeat(x.shape[0], 1, 1)
+        features: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        for i, stage in enumerate(self.backbone.stages):
+            for block in stage.blocks[:-1]:
+                x, p = block(x, p)
+            streams, p = stage.blocks[-1](x, p)
+            for task in self.tasks:
+                features[task].append(stage.merge(streams.tasks[task]).permute(0, 3, 1, 2))
+            x = stage.merge(streams.shared)
+            if i < len(self.prompt_up):
+                p = self.prompt_up[i](p)
+        return features
 
 
-class TaskAdaptingBlock(TaskStreamBlock):
-    """MTLoRA's task-stream block with TADFormer's task prompts and TPC operator: the task
-    updates of `proj` read the shared attention output weighted by each task's attention
-    map (see the module docstring)."""
+class TADFormer(Method):
+    """MTLoRA's TA-LoRA with task prompts, the TPC operator, task filters on the shared
+    factors of each stage's last block, and a stage-wise gate (see the module docstring)."""
 
-    def __init__(self, block: nn.Module, prompts: int):
-        super().__init__(block)
-        if prompts < 1:
-            raise ValueError(f"prompts must be >= 1, got {prompts}")
-        weight = self.proj.base.weight
-        self.prompts = nn.Parameter(torch.empty(
-            len(self.tasks), prompts, self.proj.in_features, device=weight.device,
-            dtype=weight.dtype,
-        ))
-        nn.init.trunc_normal_(self.prompts, std=0.02)
-
-    def task_attention(self, normed: Tensor) -> Tensor:
-        """Each task's share of every token's attention to the prompts: (B, H, W, tasks)."""
-        attn = self.block.attn
-        n, height, width, dim = normed.shape
-        tasks, count = self.prompts.shape[:2]
-        heads = attn.num_heads
-        q = _rows(attn.qkv, normed, 0).reshape(n, height * width, heads, -1).transpose(1, 2)
-        # the parameter itself goes into the norm (the norm is per token): a view of a
-        # parameter made under no_grad trips PyTorch's module tracker (FLOP counting)
-        prompts = self.block.norm1(self.prompts).reshape(tasks * count, dim)
-        k = _rows(attn.qkv, prompts, 1).reshape(tasks * count, heads, -1).transpose(0, 1)
-        scores = (q * attn.scale) @ k.transpose(1, 2).to(q.dtype)  # (B, heads, N, T * count)
-        share = scores.softmax(dim=-1).reshape(n, heads, height * width, tasks, count)
-        return share.sum(dim=-1).mean(dim=1).reshape(n, height, width, tasks)
-
-    def proj_task_inputs(self, normed: Tensor, context: Tensor) -> dict[str, Tensor]:
-        maps = self.task_attention(normed) * len(self.tasks)  # 1 where attention is uniform
-        return {t: maps[..., i : i + 1] * context for i, t in enumerate(self.tasks)}
-
-
-class TADFormer(MTLoRAPlus):
-    """MTLoRA+ with task prompts, a TPC operator and TA-modules with dynamic task filters."""
-
-    PAPER_TRAINABLE_M = {64: 7.38}  # the published configuration: r = 64
+    # the paper's counts, those of the dynamic filter (Swin-T, PASCAL-Context)
+    PAPER_TRAINABLE_M = {16: 3.56, 32: 4.78, 64: 7.38}
     short_name = "tadformer"
 
-    def __init__(
-        self,
-        name: str = "tadformer",
-        rank: int = 64,
-        task_rank: int = 4,
-        scale: float = 4.0,
-        dropout: float = 0.05,
-        prompts: int = 55,
-        kernel_size: int = 3,
-    ):
-        super().__init__(name, rank=rank, task_rank=task_rank, scale=scale, dropout=dropout)
-        positive_ints(prompts=prompts)
-        if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd positive integer, got {kernel_size}")
-        self.prompts, self.kernel_size = int(prompts), int(kernel_size)
+    def __init__(self, name: str = "tadformer", rank: int = 64, scale: float = 4.0,
+                 dropout: float = 0.05, filter: str = "dynamic"):
+        super().__init__(name)
+        (self.rank,) = positive_ints(rank=rank)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if filter not in FILTERS:
+            raise ValueError(f"filter must be one of {', '.join(FILTERS)}, got {filter!r}")
+        self.scale, self.dropout, self.filter = float(scale), float(dropout), filter
+        self.paper_trainable_m = (
+            self.PAPER_TRAINABLE_M.get(self.rank) if filter == "dynamic" else None
+        )
+
+    @property
+    def label(self) -> str:
+        static = " static" if self.filter == "static" else ""
+        return f"{self.short_name}{static} r={self.rank}"
 
     def options(self) -> dict:
-        return {**super().options(), "prompts": self.prompts, "kernel_size": self.kernel_size}
+        return {"rank": self.rank, "scale": self.scale, "dropout": self.dropout,
+                "filter": self.filter}
 
-    def task_stream_block(self, block: nn.Module) -> TaskAdaptingBlock:
-        for layer in (block.attn.proj, block.mlp.fc1, block.mlp.fc2):
-            assert isinstance(layer, MultiTaskLoRALinear)
-            weight = layer.base.weight
-            for task in layer.tasks:
-                layer.task_lora[task] = DynamicLowRank(
-                    layer.in_features, layer.out_features, self.task_rank, self.scale,
-                    self.kernel_size, device=weight.device, dtype=weight.dtype,
-                )
-        return TaskAdaptingBlock(block, self.prompts)
+    def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
+        freeze(backbone)  # the merging reductions stay frozen, with no LoRA
+        for p in backbone.patch_embed.parameters():
+            p.requires_grad_(True)
+        unfreeze_norms(backbone)
+
+        def ta_lora(linear: nn.Linear) -> LoRALinear:
+            return LoRALinear(linear, self.rank, self.scale, self.dropout)
+
+        def task_adapted(linear: nn.Linear) -> TaskAdaptedLinear:
+            return TaskAdaptedLinear(linear, self.rank, self.scale, self.dropout, tasks,
+                                     self.filter)
+
+        stages = backbone.stages
+        for i, stage in enumerate(stages):
+            *blocks, last = stage.blocks
+            for block in blocks:
+                block.attn.relative_position_bias_table.requires_grad_(True)
+                inject(block, TA_TARGETS, ta_lora)
+            last.attn.relative_position_bias_table.requires_grad_(True)
+            inject(last, ["attn.qkv"], ta_lora)
+            inject(last, TS_TARGETS, task_adapted)
+            for j, block in enumerate(blocks):
+                stage.blocks[j] = PromptBlock(block)
+            # the network's very last block leaves the prompts: nothing reads them after it
+            stage.blocks[-1] = TaskAdaptingBlock(last, update_prompts=i < len(stages) - 1)
+        return TADFormerEncoder(backbone, tasks)

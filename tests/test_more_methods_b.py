@@ -1,5 +1,6 @@
-"""DoRA (and MTLoRA with DoRA), TADFormer: counts, identity at zero init, trainability, the
-DoRA layers' algebra, the TADFormer operators, overfitting, the CLI."""
+"""DoRA (and MTLoRA with DoRA): counts, identity at zero init, trainability, the DoRA
+layers' algebra, overfitting, the CLI (TADFormer: tests/test_tadformer.py; HyperFormer:
+tests/test_hyperformer.py)."""
 
 import copy
 
@@ -21,7 +22,6 @@ from methods.lowrank import (
     row_norm,
 )
 from methods.mtlora import MTLoRA, MTLoRAPlus
-from methods.tadformer import DynamicLowRank, TADFormer, TaskAdaptingBlock
 from tests.conftest import SMALL_DATA, run_cli
 from tests.helpers import (
     DECODERS,
@@ -32,13 +32,10 @@ from tests.helpers import (
     assert_gradients,
     assert_overfits,
     expected_mtlora,
-    ts_lora,
 )
 from tests.test_lora import assert_same_features, fake_batch, model_with, params_of, randomise
 from tests.test_model import tiny_backbone
-from tests.test_mtlora import ONE_TOKEN_TABLES, UNUSED, shared_streams
-
-TS_LORA = ts_lora()  # task_rank 4, four tasks: proj, fc1, fc2 of the four last blocks
+from tests.test_mtlora import ONE_TOKEN_TABLES, UNUSED
 
 
 def expected_dora(rank=35) -> int:
@@ -54,23 +51,11 @@ def dora_magnitudes(plus: bool) -> int:
     return sum(9 * d for d in SWIN_T_BLOCKS) + reductions
 
 
-def expected_tadformer(rank=64, task_rank=4, prompts=55, kernel=3, tasks=4) -> int:
-    # MTLoRA+ without its TS-LoRA, then per task and last block: the TA-modules' down and
-    # up (as TS-LoRA), a DTF generator per TA-module (rank -> rank k^2, with bias), and the
-    # stage's prompts
-    ta_modules = TS_LORA * task_rank // 4
-    generators = tasks * len(SWIN_T_STAGES) * 3 * (task_rank + 1) * task_rank * kernel**2
-    return (expected_mtlora(rank, plus=True) - TS_LORA + ta_modules + generators
-            + tasks * prompts * sum(SWIN_T_STAGES))
-
-
 def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
-    rows = {r["method"]: r for r in params_of("method=dora,tadformer", *PASCAL_SWIN_T)}
+    rows = {r["method"]: r for r in params_of("method=dora", *PASCAL_SWIN_T)}
     assert expected_dora() == 2_891_648  # lora's 2,873,984 + 17,664 magnitudes
-    assert expected_tadformer() == 7_379_834  # paper 7.38 M
     expected = {
         "dora": (expected_dora(), "dora r=35", None, "shared"),
-        "tadformer": (expected_tadformer(), "tadformer r=64", 7.38, "task_streams"),
     }
     for method, (trainable, label, paper, mode) in expected.items():
         row = rows[method]
@@ -80,10 +65,6 @@ def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
 
 
 def test_options_change_the_counts_as_the_formulas_say():
-    rows = params_of("method=tadformer", "method.rank=16", "method.prompts=2",
-                     "method.kernel_size=5", *PASCAL_SWIN_T)
-    assert rows[0]["trainable"] == expected_tadformer(rank=16, prompts=2, kernel=5)
-    assert rows[0]["paper_trainable_m"] is None
     rows = params_of("method=dora", "method.rank=8", *PASCAL_SWIN_T)
     assert rows[0]["trainable"] == expected_dora(8)
 
@@ -114,15 +95,9 @@ def test_options_and_invalid_values():
     assert MTLoRA(dora=True).options() == {
         "rank": 16, "task_rank": 4, "scale": 4.0, "dropout": 0.05, "dora": True
     }
-    assert TADFormer().options() == {
-        "rank": 64, "task_rank": 4, "scale": 4.0, "dropout": 0.05, "prompts": 55,
-        "kernel_size": 3,
-    }
     assert DoRA(rank=8, alpha=16).scale == 2.0
     bad = {
         "dora": ["method.rank=0", "method.dropout=1.5", "method.targets=[qkv,fc3]"],
-        "tadformer": ["method.rank=0", "method.task_rank=0", "method.prompts=0",
-                      "method.kernel_size=4"],
         "mtlora": ["method.dora=maybe"],
     }
     for method, overrides in bad.items():
@@ -136,7 +111,6 @@ def test_options_and_invalid_values():
 
 BUILD = {  # tiny versions of each method, by name
     "dora": lambda: DoRA(rank=4),
-    "tadformer": lambda: TADFormer(rank=4, task_rank=2, prompts=3),
     "mtlora+dora": lambda: MTLoRA(rank=4, task_rank=2, dora=True),
     "mtlora++dora": lambda: MTLoRAPlus(rank=4, task_rank=2, dora=True),
 }
@@ -179,16 +153,12 @@ def test_frozen_parameters_get_no_gradient_and_every_trainable_one_does(name):
         reductions = {n for n in names if ".reduction." in n and n in trainable}
         if name == "mtlora+dora":  # MTLoRA trains the merging reductions in full
             assert len(reductions) == 3 and all(n.endswith("reduction.weight") for n in reductions)
-        else:  # MTLoRA+ and TADFormer adapt them
+        else:  # MTLoRA+ adapts them
             assert all(".lora." in n or n.endswith(".magnitude") for n in reductions)
-        if name == "tadformer":
-            assert sum(n.endswith(".prompts") for n in trainable) == 4
-            assert sum(".kernels." in n for n in trainable) == 4 * 3 * len(TASKS) * 2
-        else:
-            magnitudes = {n for n in trainable if n.endswith(".magnitude")}
-            dora_layers = [m for m in model.modules()
-                           if isinstance(m, (DoRALinear, MultiTaskDoRALinear))]
-            assert len(magnitudes) == len(dora_layers) == 4 * 8 + (3 if "++" in name else 0)
+        magnitudes = {n for n in trainable if n.endswith(".magnitude")}
+        dora_layers = [m for m in model.modules()
+                       if isinstance(m, (DoRALinear, MultiTaskDoRALinear))]
+        assert len(magnitudes) == len(dora_layers) == 4 * 8 + (3 if "++" in name else 0)
     # MTLoRA's exception: the shared fc2 update of the very last block reaches no decoder;
     # its magnitude (DoRA) is shared with the task outputs and does train.
     assert_gradients(model, fake_batch(size=64), unused=_unused(name))
@@ -337,86 +307,6 @@ def test_multi_task_dora_normalises_each_output_with_the_shared_magnitude():
         ratio = layer.magnitude / direction.norm(dim=1)
         expected = (x @ base.weight.T + lora(task_x[t])) * ratio + base.bias
         torch.testing.assert_close(per_task[t], expected)
-
-
-# --- TADFormer ----------------------------------------------------------------------------
-
-
-def test_dynamic_task_filter_is_per_sample_and_starts_as_the_identity():
-    torch.manual_seed(0)
-    module = DynamicLowRank(6, 5, rank=3, scale=2.0, kernel_size=3)
-    plain = LowRank(6, 5, rank=3, scale=2.0)
-    with torch.no_grad():
-        module.b.normal_()
-        plain.a.copy_(module.a)
-        plain.b.copy_(module.b)
-    x = torch.randn(4, 5, 7, 6)
-    torch.testing.assert_close(module(x), plain(x))  # zero generator: identity filter
-    with torch.no_grad():
-        module.kernels.weight.normal_()
-        module.kernels.bias.normal_()
-    batched = module(x)
-    assert not torch.allclose(batched, plain(x))
-    for i in range(4):  # each sample's kernels come from that sample alone
-        torch.testing.assert_close(batched[i : i + 1], module(x[i : i + 1]))
-    # the filter of a sample, by hand: kernels from its pooled low-rank features
-    h = x[:1] @ module.a.T
-    k = module.kernels(h.mean(dim=(1, 2))).view(3, 1, 3, 3)
-    conv = nn.functional.conv2d(h.permute(0, 3, 1, 2), k, padding=1, groups=3)
-    expected = (h + conv.permute(0, 2, 3, 1)) @ module.b.T * 2.0
-    torch.testing.assert_close(batched[:1], expected)
-    with pytest.raises(ValueError, match="token grid"):
-        module(torch.randn(2, 9, 6))
-
-
-def test_tadformer_task_attention_shares_every_token_among_the_tasks():
-    backbone = tiny_backbone()
-    encoder = TADFormer(rank=4, task_rank=2, prompts=3).build_encoder(backbone, TASKS)
-    randomise(encoder)
-    block = backbone.stages[0].blocks[-1]
-    assert isinstance(block, TaskAdaptingBlock) and block.prompts.shape == (4, 3, 32)
-    normed = torch.randn(2, 8, 8, 32)
-    with torch.no_grad():
-        block.prompts.normal_()
-        maps = block.task_attention(normed)
-    assert maps.shape == (2, 8, 8, len(TASKS)) and maps.min() >= 0
-    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 8, 8))
-    assert not torch.allclose(maps[0, 0, 0], maps[0, 3, 5])  # tokens are drawn unevenly
-    with torch.no_grad():
-        block.prompts[1:].copy_(block.prompts[:1].expand_as(block.prompts[1:]))
-        torch.testing.assert_close(block.task_attention(normed), torch.full_like(maps, 0.25))
-    ts = [m for layer in encoder.modules() if isinstance(layer, MultiTaskLoRALinear)
-          for m in layer.task_lora.values()]
-    assert len(ts) == 4 * 3 * len(TASKS) and all(isinstance(m, DynamicLowRank) for m in ts)
-
-
-def test_tadformer_shared_stream_is_mtlora_plus_and_tasks_differ_through_their_modules():
-    x = torch.randn(2, 3, 32, 32)
-    reference = MTLoRAPlus(rank=4, task_rank=2).build_encoder(tiny_backbone(), TASKS).eval()
-    randomise(reference)  # TA-LoRA and TS-LoRA non-zero
-    encoder = TADFormer(rank=4, task_rank=2, prompts=3).build_encoder(tiny_backbone(), TASKS)
-    encoder.eval()
-    # the same weights; TADFormer's TA-modules get TS-LoRA's factors; its own parts remain
-    missing, unexpected = encoder.load_state_dict(reference.state_dict(), strict=False)
-    assert not unexpected and missing
-    assert all(k.endswith(("prompts", "kernels.weight", "kernels.bias")) for k in missing)
-    features_ref, shared_ref = shared_streams(reference, x)
-    features, shared = shared_streams(encoder, x)
-    # with the generators at zero the filters are the identity: the TA-modules are TS-LoRA,
-    # and only the TPC weighting of proj's task input differs from MTLoRA+
-    assert not torch.allclose(features["semseg"][0], features_ref["semseg"][0])
-    with torch.no_grad():
-        for m in encoder.modules():
-            if isinstance(m, DynamicLowRank):
-                m.kernels.weight.normal_()
-        encoder.get_submodule("backbone.stages.0.blocks.1").prompts.normal_()
-    features_dtf, shared_dtf = shared_streams(encoder, x)
-    for a, b, c in zip(shared, shared_ref, shared_dtf, strict=True):
-        torch.testing.assert_close(a, b)  # the shared stream is MTLoRA+'s
-        torch.testing.assert_close(a, c)
-    for s in range(4):
-        assert not torch.allclose(features_dtf["semseg"][s], features["semseg"][s])
-        assert not torch.allclose(features_dtf["semseg"][s], features_dtf["normals"][s])
 
 
 # --- command line -------------------------------------------------------------------------

@@ -24,16 +24,71 @@ def test_perf_rows_have_the_contract_fields_and_consistent_flops(tmp_path):
                     "harness_vs_bare", "train_flops_per_image", "inference_images_per_second"):
             assert key in row, key
         assert row["train_images_per_second"] > 0 and row["mfu"] > 0
-        assert row["harness_vs_bare"] > 0
-        # the paper's budget, 300 epochs of 4,998 images, at the row's rate
-        hours = 300 * 4998 / row["train_images_per_second"] / 3600
+        assert row["harness_vs_bare"] > 0 and row["harness_vs_minimal"] > 0
+        assert row["precision"] == "fp32" and row["compiled"] is None  # a CPU, eager
+        # the paper's budget, 300 epochs of 4,998 images, each followed by an evaluation of
+        # 5,105 images and a checkpoint, at the row's rates
+        assert row["checkpoint_seconds"] > 0
+        hours = (300 * 4998 / row["train_images_per_second"]
+                 + 300 * (5105 / row["inference_images_per_second"] + row["checkpoint_seconds"])
+                 ) / 3600
         assert abs(row["paper_budget_hours"] - hours) < 1e-9 * hours
+        assert hours > 300 * 4998 / row["train_images_per_second"] / 3600
     # a frozen backbone needs no weight gradients: fewer training FLOPs, same forward FLOPs
     full, frozen = rows["full_ft"], rows["decoders_only"]
     assert frozen["train_flops_per_image"] < full["train_flops_per_image"]
     assert frozen["forward_flops_per_image"] == full["forward_flops_per_image"]
     page = (tmp_path / "reports" / "perf.md").read_text()
     assert "decoders_only" in page and "paper budget h" in page
+
+
+def test_the_matmul_rate_is_timed_for_at_least_the_minimum_time():
+    from benchmark.perf import matmul_rate
+
+    rate, dtype, seconds = matmul_rate(CPU, "bf16", min_seconds=0.3)
+    assert seconds >= 0.3 and dtype == "float32" and rate > 0  # a CPU computes in fp32
+
+
+def test_spec_peaks_of_h100_and_h200_sxm():
+    from benchmark.perf import spec_peak
+
+    assert spec_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert spec_peak("NVIDIA H200", "bf16") == 989e12
+    assert spec_peak("NVIDIA H200", "fp32") == 67e12
+    assert spec_peak("NVIDIA H100 PCIe", "bf16") is None
+    assert spec_peak("cpu (2 threads)", "fp32") is None
+
+
+def test_the_report_prints_slow_rates_with_significant_figures(tmp_path):
+    from benchmark.perf import write_report
+
+    row = {"date": "2025-01-01", "run": "r", "device": "cpu", "backbone": "swin_tiny",
+           "image_size": 448, "batch_size": 32, "matmul_tflops": 0.1, "matmul_dtype": "float32",
+           "bare_images_per_second": 0.0432, "torch": "2", "command": "c", "label": "Full FT",
+           "train_images_per_second": 0.0345, "inference_images_per_second": 0.25,
+           "peak_memory_mb": None, "train_flops_per_image": 1e9, "mfu": 0.1}
+    write_report([row], tmp_path / "perf.md")
+    page = (tmp_path / "perf.md").read_text()
+    assert "bare timm Swin: 0.0432 images/s" in page and "| 0.0345 " in page
+
+
+def test_perf_timing_path_on_a_stubbed_gpu(tmp_path, monkeypatch, capsys):
+    """perf's CUDA branches (placement, prefetch, autocast, spec-peak MFU) on the stub."""
+    from benchmark import perf
+    from tests.cuda_stub import FakeCuda
+
+    cuda = FakeCuda(monkeypatch)
+    monkeypatch.setattr(perf, "matmul_rate", lambda device, precision: (1e12, "bfloat16", 1.0))
+    monkeypatch.chdir(tmp_path)
+    code = perf.main(["method=decoders_only", "steps=2", "warmup=1", "format=json",
+                      "budget=smoke", "budget.batch_size=2", f"results_dir={tmp_path}"])
+    assert code == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["device"] == "NVIDIA H100 80GB HBM3" and row["precision"] == "bf16"
+    assert row["spec_peak_tflops"] == 989
+    assert row["mfu_spec"] == pytest.approx(row["mfu"] * 1e12 / 989e12)
+    assert ("cuda", torch.bfloat16, True) in cuda.autocasts
+    assert cuda.set_devices == [0] * len(cuda.set_devices) and cuda.set_devices
 
 
 def test_perf_rejects_an_unknown_format(tmp_path):

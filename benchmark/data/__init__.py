@@ -305,10 +305,12 @@ class BatchLoader:
         world_size: int = 1,
         prefetch: int = 0,
     ):
+        from benchmark.distributed import device_for
+
         self.split = split
         self.tasks = list(tasks)
         self.batch_size = batch_size
-        self.device = device
+        self.device = device = device_for(device)  # CUDA with its index
         self.shuffle = shuffle
         self.augment = augment
         self.seed = seed
@@ -339,8 +341,10 @@ class BatchLoader:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        from benchmark.distributed import same_device
+
         plan = self._plan()
-        on_device = self.split.arrays["image"].device == self.device
+        on_device = same_device(self.split.arrays["image"].device, self.device)
         if self.prefetch > 0 and not on_device:
             yield from self._prefetched(plan)
             return
@@ -513,8 +517,19 @@ class BatchLoader:
         if geometry is None or not geometry.original_resolution:
             yield outputs, batch
             return
-        for j, index in enumerate(batch["index"].tolist()):
-            labels = labels_at_original_size(self.split, index, self.tasks, self.device)
+        indices = batch["index"].tolist()
+        # every label of the batch copied at once, from pinned memory, without blocking
+        pin = self.device.type == "cuda"
+        host = []
+        for index in indices:
+            h, w = (int(v) for v in self.split.sizes[index])
+            crops = {t: self.split.arrays[t][index : index + 1, :h, :w] for t in self.tasks}
+            host.append({t: v.pin_memory() if pin and not v.is_cuda else v
+                         for t, v in crops.items()})
+        copies = [{t: v.to(self.device, non_blocking=True) for t, v in crops.items()}
+                  for crops in host]
+        for j, index in enumerate(indices):
+            labels = {task: _label(task, copies[j][task], None) for task in self.tasks}
             h, w = (int(v) for v in self.split.sizes[index])
             resized = {
                 task: F.interpolate(
