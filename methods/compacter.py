@@ -18,6 +18,9 @@ the adapter and no dropout (the released configurations turn both off).
   official placement, Houlsby's; see `methods.adapters`).
 - `compacter_pp` (Compacter++): one adapter per block, after the MLP only.
 
+Multi-task: one adapter set (and one rule) serves the four tasks in one pass per image, our
+choice; the official code trains one task at a time and has no guidance here.
+
 Trains: the adapters (shared A_i, fast factors, biases) and every LayerNorm of the backbone
 (blocks, patch merging, patch embedding), as the official `unfreeze_layer_norms` does, plus
 the decoders (the harness). Frozen: everything else (attention and MLP weights and biases,
