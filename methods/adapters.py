@@ -374,16 +374,24 @@ def hyper_encoder(
 
 
 def phm_rule(
-    n: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    n: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    std: float = 1e-4,
 ) -> nn.Parameter:
     """The "slow" matrices A_1..A_n (n x n each) of Compacter, as one (n, n, n) parameter
-    to be shared by PHM layers; entries N(0, 1/n) (see `PHMLinear` for the scale)."""
+    to be shared by PHM layers; entries N(0, std^2), 1e-4 as in the official Compacter
+    configurations (so every PHM matrix starts at about zero)."""
     if n < 1:
         raise ValueError(f"phm_dim must be >= 1, got {n}")
     rule = torch.empty(n, n, n, device=device, dtype=dtype)
     with torch.no_grad():
-        rule.normal_(std=1 / math.sqrt(n))
+        rule.normal_(std=std)
     return nn.Parameter(rule)
+
+
+def _xavier_bound(fan_in: int, fan_out: int, gain: float) -> float:
+    return gain * math.sqrt(6.0 / (fan_in + fan_out))
 
 
 class PHMLinear(nn.Module):
@@ -399,13 +407,14 @@ class PHMLinear(nn.Module):
     multiply-adds but, measured on a CPU at the synthetic benchmark's sizes, ran slower
     overall (three small contractions per token on the first stage's many tokens).
 
-    Initialisation: A_i entries N(0, 1/n) (`phm_rule`), s_i and t_i N(0, init_std), bias
-    zero, so that the entries of W have std init_std ** 2 (Houlsby's near-identity scale
-    with the default 0.1: 1e-2).
+    Initialisation, as the official code's "glorot-uniform" option for the factorised fast
+    weights: each s_i, an (in / n) x 1 matrix there, and each t_i, 1 x (out / n), is drawn
+    Xavier-uniform with gain sqrt(2) and that matrix's fans: U(+-sqrt(2) sqrt(6 / (in / n
+    + 1))) and U(+-sqrt(2) sqrt(6 / (out / n + 1))); the bias is zero. With the rule at
+    std 1e-4 (`phm_rule`) W starts at about zero: the adapter is almost the identity.
     """
 
-    def __init__(self, in_features: int, out_features: int, rule: nn.Parameter,
-                 init_std: float = 0.1):
+    def __init__(self, in_features: int, out_features: int, rule: nn.Parameter):
         super().__init__()
         n = rule.shape[0]
         if rule.shape != (n, n, n):
@@ -416,7 +425,6 @@ class PHMLinear(nn.Module):
                 f"{in_features} -> {out_features}"
             )
         self.in_features, self.out_features = in_features, out_features
-        self.init_std = init_std
         self.rule = rule
         factory = {"device": rule.device, "dtype": rule.dtype}
         self.left = nn.Parameter(torch.empty(n, in_features // n, **factory))
@@ -426,8 +434,11 @@ class PHMLinear(nn.Module):
 
     def reset_parameters(self) -> None:
         """Draws this layer's fast factors and bias; the shared rule is left as it is."""
-        nn.init.normal_(self.left, std=self.init_std)
-        nn.init.normal_(self.right, std=self.init_std)
+        gain = math.sqrt(2.0)
+        a = _xavier_bound(1, self.left.shape[1], gain)  # s_i: (in / n) x 1
+        b = _xavier_bound(self.right.shape[1], 1, gain)  # t_i: 1 x (out / n)
+        nn.init.uniform_(self.left, -a, a)
+        nn.init.uniform_(self.right, -b, b)
         nn.init.zeros_(self.bias)
 
     def matrix(self) -> Tensor:
@@ -440,13 +451,15 @@ class PHMLinear(nn.Module):
 
 
 class PHMAdapter(nn.Module):
-    """A bottleneck adapter of two PHM layers: `x + up(gelu(down(x)))` (Compacter)."""
+    """A bottleneck adapter of two PHM layers: `x + up(gelu(down(x)))` (Compacter), with
+    the tanh approximation of GELU (`gelu_new` of the official configurations) and no
+    LayerNorm (the official configurations add none)."""
 
-    def __init__(self, dim: int, bottleneck: int, rule: nn.Parameter, init_std: float = 0.1):
+    def __init__(self, dim: int, bottleneck: int, rule: nn.Parameter):
         super().__init__()
-        self.down = PHMLinear(dim, bottleneck, rule, init_std)
-        self.act = nn.GELU()
-        self.up = PHMLinear(bottleneck, dim, rule, init_std)
+        self.down = PHMLinear(dim, bottleneck, rule)
+        self.act = nn.GELU(approximate="tanh")
+        self.up = PHMLinear(bottleneck, dim, rule)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.up(self.act(self.down(x)))

@@ -14,9 +14,8 @@ Swin-T's blocks sum to 48,576, the patch embedding adds 96 + 96 and the merging 
 384 + 768 + 1,536: 51,456 biases, with the decoders (1,946,624) 1,998,080 trainable against
 the paper's 2.85 M. The gap (0.85 M) is not made of anything BitFit could mean in Swin:
 adding the relative-position tables (23,322) and the LayerNorm scales (23,232) closes 47 K
-of it, while the merging reductions (1,548,288) would overshoot. Like the other rows of
-that table (see `methods.adapter`) it points to a larger non-method part in the paper's
-models, not to a different set of biases.
+of it, while the merging reductions (1,548,288) would overshoot; protocol §3.2 discusses
+the offset the Polyhistor-paper rows share.
 """
 
 from __future__ import annotations

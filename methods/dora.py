@@ -17,8 +17,14 @@ Interpretations:
 - The norm ||W + s B A||_c is detached from the gradient graph (treated as a constant), the
   implementation the paper recommends in Sec. 4.3 to save training memory.
 - The bias is added after the rescaling (it is not part of the decomposed weight).
-- LoRA dropout acts on the input of the low-rank path only, as in `lora`; the frozen
-  product reads the un-dropped input.
+- Dropout (`dropout_style`, default `peft`): as HF peft and the DoRA authors' code compute
+  the layer while training, y = W x + b + (r - 1) W x~ + r s B A x~ with r = m / ||W + s B
+  A||_c and x~ = dropout(x): the frozen output W x + b is kept whole and the rescaling's
+  share of the frozen path reads the dropped input like the update. `dropout_style=update`
+  gives instead y = r (W x + s B A x~) + b (dropout on the low-rank input only, as in
+  `lora`; the frozen product reads the un-dropped input), which is what this method did
+  before and what MTLoRA's `dora=true` keeps. The two agree in eval mode and without
+  dropout (then both are exactly peft's eval-mode output).
 
 Trains: A, B and the magnitude vectors, plus the decoders (the harness). Frozen: everything
 else in the backbone, as in `lora`.
@@ -40,6 +46,7 @@ inference, W <- m / ||W + s B A||_c * (W + s B A).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from methods.lora import DEFAULT_TARGETS, LoRA
 from methods.lowrank import DoRALinear
@@ -57,8 +64,19 @@ class DoRA(LoRA):
         scale: float | None = None,
         alpha: float | None = None,
         dropout: float = 0.05,
+        dropout_style: str = "peft",
     ):
         super().__init__(name, rank, targets, scale, alpha, dropout)
+        if dropout_style not in DoRALinear.DROPOUT_STYLES:
+            raise ValueError(
+                f"dropout_style must be one of {', '.join(DoRALinear.DROPOUT_STYLES)}, "
+                f"got {dropout_style!r}"
+            )
+        self.dropout_style = dropout_style
+        self.layer = partial(DoRALinear, dropout_style=dropout_style)
+
+    def options(self) -> dict:
+        return {**super().options(), "dropout_style": self.dropout_style}
 
     @property
     def label(self) -> str:

@@ -1,62 +1,65 @@
 """HyperFormer (Karimi Mahabadi, Ruder, Dehghani, Henderson: "Parameter-efficient Multi-task
 Fine-tuning for Transformers via Shared Hypernetworks", ACL 2021), the `hyperformer` row of
 SPEC 3.2 (72.77 M trainable for Swin-T on PASCAL-Context, as reported in the Polyhistor
-paper, whose baseline this is).
+paper, whose baseline this is), built as the official code's released `hyperformer`
+configuration builds it for T5, ported to Swin's stages.
 
-The paper adapts T5; no code exists for its Swin version, so this is our reading, in the
-shape of `polyhistor` so that the two rows differ in what the papers say differs.
+The official code and its configuration. The released HyperFormer configuration builds,
+for each T5 stack, one hypernetwork shared by all its blocks and conditioned on the block
+(the README's "one hypernetwork per layer" describes another code path, which no released
+configuration selects; HyperFormer++ is a third one, with one set of heads for both adapter
+positions). For task tau and block l:
 
-Adapters. Every block of the frozen Swin gets two bottleneck adapters, after attention and
-after the MLP (`methods.adapters.insert_adapters`, Houlsby's placement, as the paper's
-adapters), `x + up(gelu(down(x)))` with down d x m, up m x d, m = d // `reduction`. Their
-weights are task-specific and generated, so the encoder runs one pass per task
-(`per_task`, SPEC 2.3), batched across tasks: once per forward pass the hypernetwork emits
-every task's weights of every adapter, and each adapter gathers its samples' weights by task
-id (`methods.adapters.HyperEncoder`, `TaskAdapter`).
+- Task projector: I = LN( W_2 relu(W_1 [z_tau; e_l] + b_1) + b_2 ), with z_tau the task
+  embedding and e_l the block's row of a learned layer-id table (both of width t = 64,
+  the effective value of the configuration's twice-given `task_embedding_dim`), W_1
+  (128 x 128), W_2 (64 x 128), and an affine LayerNorm(64, eps 1e-6).
+- Heads: for each of the block's two adapter positions (after attention, after the
+  feed-forward), one linear layer from I per generated tensor: the down matrix (m x d) and
+  its bias (m), the up matrix (d x m) and its bias (d), and the gamma (d) and beta (d) of
+  the adapter's LayerNorm.
+- Adapter, on the sub-layer's output y before the sub-layer's dropout and residual:
+  a(y) = y + LN_{gamma, beta}( W_up gelu(W_down y + b_down) + b_up ), with the tanh
+  approximation of GELU (`gelu_new`) and the generated gamma and beta used as they come
+  (LayerNorm eps 1e-5, the functional default). No dropout, no LayerNorm before.
+- Initialisation: every linear layer of the projector and the heads N(0, 0.01^2) with
+  zero bias; task embeddings and layer table N(0, 1); the projector's LayerNorm gamma 1,
+  beta 0. Since I is layer-normalised (|I|^2 ~ 64), the generated entries start with std
+  about 0.08: gamma has mean about 0, not 1, and the adapter starts small, not exactly as
+  the identity.
+- Trains: the task embeddings, the hypernetworks and every LayerNorm of the backbone
+  (`unfreeze_layer_norms`); everything else is frozen. Everything is recomputed at every
+  forward pass.
 
-Conditioning (HyperFormer++, the paper's shared-hypernetwork variant, Sec. 2.4). A learned
-task embedding (one per task), a layer-id embedding (one per block: 12 for Swin-T) and an
-adapter-position embedding (one per position: after attention, after the MLP), each of size
-`embed_dim`, are concatenated and projected by a linear layer with a ReLU to the
-hypernetwork's input I, of size `hidden` (the paper's task projector network; one layer
-here, as in `polyhistor`). The paper computes its task embeddings from fixed task features
-through a two-layer projector; with four fixed tasks a learned embedding per task spans the
-same inputs.
+Our port (`per_task` mode, SPEC 2.3): the task decides the encoder's weights, so the
+encoder runs one pass per task, batched across tasks (`methods.adapters.HyperEncoder`: the
+generator runs once per forward pass and each adapter gathers its samples' weights by task
+id). Choices the official code leaves open for Swin, and ours:
 
-Hypernetwork. One large linear projection from I to the whole adapter matrix (d * m
-entries) and one to its bias, for the down and for the up projection: the paper's
-W = reshape(W^D I), unlike Polyhistor's pair of small heads emitting two low-rank factors.
-Swin's stages differ in width, and one projection cannot emit matrices of four sizes, so
-every stage has its own set of heads, shared by all its blocks and both positions (the layer
-and position embeddings tell them apart): within a stage the hypernetwork is shared, as in
-HyperFormer++; across stages its output shape must change. A stage of width d costs
-(hidden + 1) (2 d m + m + d) parameters, quadratic in the width: the reason the paper's
-count is large.
+- Generated shapes depend on the width, so one hypernetwork cannot serve Swin's four
+  widths: every stage has its own (projector, layer table with one row per block of the
+  stage, heads), as each T5 stack has its own; the task embeddings are one table shared by
+  the stages, as the official code shares them between its stacks.
+- Placement: after the attention's output projection and after the MLP's fc2, before the
+  block's stochastic depth and residual addition (`methods.adapters.insert_adapters`).
+- Backbone LayerNorms trained: every one of them (norm1 and norm2 of every block, the
+  patch-embedding norm, the merging norms; Swin's have a weight and a bias, T5's RMS norms
+  a weight only).
+- Multi-task batches: every batch serves all tasks through the harness's multi-task loss
+  (the official trainer draws one task per batch).
+- The linear layers are plain ones, as in the official code: an Adam step moves a generated
+  entry by about lr times the sum of |I|, faster than a directly trained weight moves.
 
-Not generated: the paper's task-conditional LayerNorms (the layer norms of its adapters and
-of the T5 blocks are generated too). Houlsby adapters on Swin, as in the `adapter` and
-`polyhistor` baselines, have no LayerNorm of their own, and the backbone's norms stay
-frozen, as in `polyhistor`, so the comparison between the two hypernetwork methods rests on
-the decomposition alone.
-
-Initialisation and parametrisation, as `polyhistor`: embeddings standard normal; the
-projection and the heads are `methods.adapters.ScaledLinear` (stored weight divided by its
-fan-in in the forward pass, so that an Adam step moves a generated entry by about lr whatever
-`hidden` is: without it the generated adapters overwrite the frozen features within the
-warm-up); the down head starts so that the generated matrix has entry variance 1/d (fan-in
-initialisation), the up head 1e-2 times its fan-in scale, bias heads at zero, so every
-adapter starts near the identity and every parameter gets a gradient. With the up heads
-zero an adapter is exactly the identity.
-
-Trains: the embeddings, the projection and the heads, plus the decoders (the harness).
-Frozen: the whole backbone, LayerNorms included.
-
-Defaults (`reduction` 2, `embed_dim` 128, as `polyhistor`; `hidden` fitted last). For Swin-T
-(stage widths 96, 192, 384, 768), four PASCAL tasks and decoders 1,946,624:
-embeddings (4 + 12 + 2) * 128 = 2,304; projection 3 * 128 * 89 + 89 = 34,265; heads
-90 * (9,360 + 37,152 + 148,032 + 590,976) = 70,696,800; 72,679,993 trainable with the
-decoders, 90,007 (0.12 %) below the paper's 72.77 M. A step of `hidden` moves the count by
-785,905, so hidden 90 would be 0.96 % above; the paper's widths are not published.
+Count and the fitted width. The official reduction factor 32 (m = 3 / 6 / 12 / 24 on Swin-T)
+gives 9,002,714 trainable, far from the paper's 72.77 M, whose widths are not published. We
+keep every official width (t = 64, hidden 128, t' = 64) and fit only the free one, the
+adapter bottleneck: `reduction` is a real number and a block of width d gets the bottleneck
+round(d / reduction); the default 2.91 gives m = 33 / 66 / 132 / 264. A stage of width d,
+bottleneck m and L blocks costs L t + (2t h + h) + (h t' + t') + 2 t' for its projector
+and 2 (t' + 1) (2 d m + m + 3 d) for its heads; with the four task embeddings (4 t), the
+LayerNorms (23,232) and the decoders (1,946,624), Swin-T on PASCAL has 72,709,214 trainable,
+60,786 (0.08 %) below the paper's 72.77 M (a stage-0 bottleneck of 32 or 34 would be
+2.2 M below or 2.1 M above).
 
 `tasks_per_pass` bounds memory: with fewer tasks per pass the tasks are processed in chunks.
 """
@@ -71,147 +74,179 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.backbone import SwinBackbone
+from benchmark.model import TaskContext
 from methods.adapters import (
     POSITIONS,
-    UP_GAIN,
     AdapterSite,
+    GeneratedWeights,
     HyperEncoder,
-    ScaledLinear,
     TaskWeight,
-    bottleneck_width,
-    hyper_encoder,
+    insert_adapters,
     tasks_per_pass_option,
 )
-from methods.base import Method, positive_ints
+from methods.base import Method, freeze, positive_ints, unfreeze_norms
+
+INIT_STD = 1e-2  # the official initialisation of every hypernetwork linear layer
+PROJECTOR_EPS = 1e-6  # the task projector's LayerNorm
+ADAPTER_EPS = 1e-5  # the generated adapter LayerNorm (the functional default)
 
 
-class TaskLayerPositionEmbedding(nn.Module):
-    """HyperFormer++'s hypernetwork input, one vector per (task, adapter site):
-    `I[t, l, p] = relu(W [task_t; layer_l; position_p] + c)`, shape (tasks, sites, hidden).
+def hyper_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A hypernetwork linear layer initialised as the official code: N(0, 0.01^2), bias 0."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.normal_(layer.weight, std=INIT_STD)
+    nn.init.zeros_(layer.bias)
+    return layer
 
-    Sites are numbered block by block, attention first (`adapter_sites`), so site i is block
-    i // 2 at position i % 2. W starts with std 1/sqrt(3 * embed_dim), so the projection has
-    unit variance before the ReLU (E[I^2] = 1/2), which the heads' initialisation assumes.
-    """
 
-    def __init__(self, num_tasks: int, num_blocks: int, embed_dim: int, hidden: int):
+def bottleneck_of(dim: int, reduction: float) -> int:
+    """round(dim / reduction), halves up; a ValueError when that is 0."""
+    m = math.floor(dim / reduction + 0.5)
+    if m < 1:
+        raise ValueError(f"reduction {reduction} leaves no bottleneck for width {dim}")
+    return m
+
+
+class AdapterHeads(nn.Module):
+    """The heads of one adapter position: down (d x m, + m), up (m x d, + d), gamma, beta."""
+
+    def __init__(self, projected: int, dim: int, bottleneck: int):
+        super().__init__()
+        self.dim, self.bottleneck = dim, bottleneck
+        self.down = hyper_linear(projected, dim * bottleneck)
+        self.down_bias = hyper_linear(projected, bottleneck)
+        self.up = hyper_linear(projected, bottleneck * dim)
+        self.up_bias = hyper_linear(projected, dim)
+        self.gamma = hyper_linear(projected, dim)
+        self.beta = hyper_linear(projected, dim)
+
+    def forward(self, i: Tensor) -> tuple[TaskWeight, TaskWeight, Tensor, Tensor]:
+        """i: (tasks, projected) -> every task's (down, up, gamma, beta) for one adapter."""
+        d, m = self.dim, self.bottleneck
+        down = TaskWeight(self.down(i).view(-1, d, m), None, self.down_bias(i))
+        up = TaskWeight(self.up(i).view(-1, m, d), None, self.up_bias(i))
+        return down, up, self.gamma(i), self.beta(i)
+
+
+class StageHyperNetwork(nn.Module):
+    """One stage's hypernetwork: layer table, task projector with its LayerNorm, and the
+    heads of both adapter positions, shared by the stage's blocks."""
+
+    def __init__(self, blocks: int, dim: int, bottleneck: int, embed_dim: int, hidden: int,
+                 projected: int):
+        super().__init__()
+        self.layer = nn.Parameter(torch.randn(blocks, embed_dim))
+        self.projector = nn.Sequential(
+            hyper_linear(2 * embed_dim, hidden), nn.ReLU(), hyper_linear(hidden, projected)
+        )
+        self.norm = nn.LayerNorm(projected, eps=PROJECTOR_EPS)
+        self.heads = nn.ModuleDict(
+            {position: AdapterHeads(projected, dim, bottleneck) for position in POSITIONS}
+        )
+
+    def conditioning(self, task: Tensor) -> Tensor:
+        """I for every (task, block of the stage): (tasks, blocks, projected)."""
+        tasks, blocks = task.shape[0], self.layer.shape[0]
+        pairs = torch.cat([
+            task.unsqueeze(1).expand(tasks, blocks, -1),
+            self.layer.unsqueeze(0).expand(tasks, blocks, -1),
+        ], dim=-1)
+        return self.norm(self.projector(pairs))
+
+
+class HyperFormerGenerator(nn.Module):
+    """Every task's adapter tensors for every site, from the task embeddings and the stages'
+    hypernetworks; sites in execution order (stage, block, attention before the MLP)."""
+
+    def __init__(self, num_tasks: int, sites: Sequence[AdapterSite], reduction: float,
+                 embed_dim: int, hidden: int, projected: int):
         super().__init__()
         self.task = nn.Parameter(torch.randn(num_tasks, embed_dim))
-        self.layer = nn.Parameter(torch.randn(num_blocks, embed_dim))
-        self.position = nn.Parameter(torch.randn(len(POSITIONS), embed_dim))
-        self.project = ScaledLinear(3 * embed_dim, hidden, std=1 / math.sqrt(3 * embed_dim))
-
-    def forward(self) -> Tensor:
-        tasks, blocks = self.task.shape[0], self.layer.shape[0]
-        positions = self.position.shape[0]
-        e = self.task.shape[1]
-        parts = torch.cat(
-            [
-                self.task.view(tasks, 1, 1, e).expand(tasks, blocks, positions, e),
-                self.layer.view(1, blocks, 1, e).expand(tasks, blocks, positions, e),
-                self.position.view(1, 1, positions, e).expand(tasks, blocks, positions, e),
-            ],
-            dim=-1,
-        )
-        return F.relu(self.project(parts.reshape(tasks, blocks * positions, 3 * e)))
-
-
-class MatrixHeads(nn.Module):
-    """One linear hypernetwork emitting a whole a x b adapter matrix, one its bias (b)."""
-
-    def __init__(self, hidden: int, a: int, b: int, gain: float = 1.0):
-        super().__init__()
-        self.shape = (a, b)
-        # E[I^2] = 1/2 at the start, so an emitted entry has variance hidden / 2 * std^2:
-        # gain^2 / a, a fan-in initialisation of the generated matrix scaled by `gain`.
-        self.matrix = ScaledLinear(hidden, a * b, std=gain * math.sqrt(2 / (hidden * a)))
-        self.bias = ScaledLinear(hidden, b, std=0.0)
-
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self.matrix(z).view(*z.shape[:-1], *self.shape), self.bias(z)
-
-
-class SharedHyperNetwork(nn.Module):
-    """HyperFormer's generator: per stage, a head for the down and one for the up matrix."""
-
-    def __init__(
-        self,
-        num_tasks: int,
-        sites: Sequence[AdapterSite],
-        reduction: int,
-        embed_dim: int,
-        hidden: int,
-    ):
-        super().__init__()
-        if len(sites) % len(POSITIONS):
-            raise ValueError("every block needs an adapter at each position")
-        self.embedding = TaskLayerPositionEmbedding(
-            num_tasks, len(sites) // len(POSITIONS), embed_dim, hidden
-        )
-        num_stages = max(site.stage for site in sites) + 1
+        self.sites = list(sites)
         self.stages = nn.ModuleList()
-        self.spans = []
-        for i in range(num_stages):
-            stage_sites = [s for s in sites if s.stage == i]
-            d = stage_sites[0].dim
-            m = bottleneck_width(d, reduction)
-            self.stages.append(nn.ModuleDict({
-                "down": MatrixHeads(hidden, d, m),
-                "up": MatrixHeads(hidden, m, d, gain=UP_GAIN),
-            }))
-            # sites are numbered stage by stage, so each stage owns a contiguous range
-            self.spans.append((stage_sites[0].index, stage_sites[-1].index + 1))
+        for s in range(max(site.stage for site in sites) + 1):
+            stage_sites = [site for site in sites if site.stage == s]
+            dim = stage_sites[0].dim
+            blocks = len({site.block for site in stage_sites})
+            self.stages.append(StageHyperNetwork(
+                blocks, dim, bottleneck_of(dim, reduction), embed_dim, hidden, projected
+            ))
 
-    def forward(self) -> list[tuple[TaskWeight, TaskWeight]]:
-        z = self.embedding()  # (tasks, sites, hidden)
-        weights = []
-        for heads, (start, stop) in zip(self.stages, self.spans):
-            down, down_bias = heads["down"](z[:, start:stop])
-            up, up_bias = heads["up"](z[:, start:stop])
-            for j in range(stop - start):
-                weights.append((
-                    TaskWeight(down[:, j], None, down_bias[:, j]),
-                    TaskWeight(up[:, j], None, up_bias[:, j]),
-                ))
-        return weights
+    def forward(self) -> list[tuple[TaskWeight, TaskWeight, Tensor, Tensor]]:
+        conditioning = [stage.conditioning(self.task) for stage in self.stages]
+        return [
+            self.stages[site.stage].heads[site.position](conditioning[site.stage][:, site.block])
+            for site in self.sites
+        ]
+
+
+class GeneratedAdapter(nn.Module):
+    """`y + LN_{gamma, beta}(up(gelu_tanh(down(y))))` with each sample's task's generated
+    tensors (`weights.get(index)`); no parameters of its own."""
+
+    def __init__(self, index: int, weights: GeneratedWeights, context: TaskContext):
+        super().__init__()
+        self.index = index
+        self.weights = weights
+        self.context = context
+
+    def forward(self, x: Tensor) -> Tensor:
+        ids = self.context.current()
+        down, up, gamma, beta = self.weights.get(self.index)
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        branch = up.apply(F.gelu(down.apply(flat, ids), approximate="tanh"), ids)
+        branch = F.layer_norm(branch, branch.shape[-1:], eps=ADAPTER_EPS)
+        branch = branch * gamma[ids].unsqueeze(1) + beta[ids].unsqueeze(1)
+        return (flat + branch).reshape(x.shape)
 
 
 class HyperFormer(Method):
-    """Task-specific adapters generated whole by a hypernetwork shared across layers."""
+    """Task-conditioned adapters generated by one hypernetwork per stage (see the module)."""
 
     paper_trainable_m = 72.77
 
     def __init__(
         self,
-        reduction: int = 2,
-        embed_dim: int = 128,
-        hidden: int = 89,
+        reduction: float = 2.91,
+        embed_dim: int = 64,
+        hidden: int = 128,
+        projected: int = 64,
         tasks_per_pass: int | None = None,
         name: str | None = None,
     ):
         super().__init__(name or "hyperformer")
-        positive_ints(reduction=reduction, embed_dim=embed_dim, hidden=hidden)
+        self.embed_dim, self.hidden, self.projected = positive_ints(
+            embed_dim=embed_dim, hidden=hidden, projected=projected
+        )
+        if isinstance(reduction, bool) or not isinstance(reduction, int | float) \
+                or not math.isfinite(reduction) or reduction <= 0:
+            raise ValueError(f"reduction must be a positive number, got {reduction!r}")
+        self.reduction = float(reduction)
         self.tasks_per_pass = tasks_per_pass_option(tasks_per_pass)
-        self.reduction = int(reduction)
-        self.embed_dim = int(embed_dim)
-        self.hidden = int(hidden)
 
     @property
     def label(self) -> str:
-        return f"{self.name} reduction={self.reduction}"
+        return f"{self.name} reduction={self.reduction:g}"
 
     def options(self) -> dict:
         return {
             "reduction": self.reduction,
             "embed_dim": self.embed_dim,
             "hidden": self.hidden,
+            "projected": self.projected,
             "tasks_per_pass": self.tasks_per_pass,
         }
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> HyperEncoder:
-        def generator(sites: Sequence[AdapterSite]) -> SharedHyperNetwork:
-            return SharedHyperNetwork(
-                len(tasks), sites, self.reduction, self.embed_dim, self.hidden
+        freeze(backbone)
+        unfreeze_norms(backbone)
+        context = TaskContext(tasks)
+        weights = GeneratedWeights()
+        sites = insert_adapters(
+            backbone, lambda site: GeneratedAdapter(site.index, weights, context)
+        )
+        with torch.device(backbone.patch_embed.proj.weight.device):
+            generator = HyperFormerGenerator(
+                len(tasks), sites, self.reduction, self.embed_dim, self.hidden, self.projected
             )
-
-        return hyper_encoder(backbone, tasks, generator, self.tasks_per_pass)
+        return HyperEncoder(backbone, tasks, context, generator, weights, self.tasks_per_pass)

@@ -264,10 +264,29 @@ class DoRALinear(LoRALinear):
     `delta_weight()` is the dense change of the weight, m / ||V|| * V - W with V = W + s B A,
     so that W + delta_weight() is the effective weight; `merge()` writes it into W (and keeps
     the per-feature ratio, m / ||V||, to undo it exactly).
+
+    `dropout_style` says what the dropout acts on while training (they agree in eval mode,
+    or without dropout). With r = m / ||V|| and x~ = dropout(x):
+
+    - `update` (the default of this layer): y = r (W x + s B A x~) + b, dropout on the
+      low-rank input only, as in `LoRALinear`;
+    - `peft`: y = W x + b + (r - 1) W x~ + r s B A x~, as HF peft and the DoRA authors'
+      code compute it: the frozen output W x + b is kept whole and the rescaling's share of
+      the frozen path, (r - 1) W, reads the dropped input like the update (one more product
+      with W per training step).
     """
 
-    def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0, dropout: float = 0.0):
+    DROPOUT_STYLES = ("update", "peft")
+
+    def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0, dropout: float = 0.0,
+                 dropout_style: str = "update"):
         super().__init__(base, rank, scale, dropout)
+        if dropout_style not in self.DROPOUT_STYLES:
+            raise ValueError(
+                f"dropout_style must be one of {', '.join(self.DROPOUT_STYLES)}, "
+                f"got {dropout_style!r}"
+            )
+        self.dropout_style = dropout_style
         self.magnitude = nn.Parameter(row_norm(base.weight.detach()).clone())
         self._merge_ratio: Tensor | None = None
 
@@ -283,6 +302,12 @@ class DoRALinear(LoRALinear):
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
             return self.base(x)
+        if self.dropout_style == "peft" and self.training and isinstance(self.dropout, nn.Dropout):
+            dropped = self.dropout(x)
+            ratio = self.ratio()
+            return self.base(x) + (
+                (ratio - 1) * F.linear(dropped, self.base.weight) + ratio * self.lora(dropped)
+            )
         y = (F.linear(x, self.base.weight) + self.lora(self.dropout(x))) * self.ratio()
         return y if self.base.bias is None else y + self.base.bias
 

@@ -1,24 +1,25 @@
 """Prompt tokens in Swin's windowed attention (Jia et al.: "Visual Prompt Tuning", ECCV 2022).
 
-In a ViT, VPT prepends learned tokens to the sequence of a layer; the patch tokens attend
-to them and their own outputs are discarded (VPT-deep replaces them at the next layer).
-For the patch tokens, a prompt therefore acts only through the key and value it produces in
-that layer: `PromptedWindowAttention` gives exactly that to Swin's windowed attention.
+Two forms, one per VPT variant (`methods.vpt` says how each follows the official Swin code):
 
-- The prompt tokens (P x C, in the block's input space) go through the block's own `norm1`
-  and `qkv`, as a prepended token would; only their keys and values are kept.
-- Every window's queries attend to [prompt keys; window keys]: the same P prompts are
-  visible from every window (shared, not copied per window), and they are not in any
-  window, so the relative-position bias and the shifted-window mask of timm's block are
-  padded with zeros for their columns (no position, no region).
-- Prompts never produce outputs: nothing is computed for them after the attention, so they
-  never reach the MLP, the next block or the patch merging (in VPT-deep their outputs are
-  thrown away too).
+- `PromptedWindowAttention` (VPT-deep): the prompts of a block act on the patch tokens only
+  through the keys and values they give in that block's attention; their own outputs are
+  thrown away, since the next block replaces them.
+  - The prompt tokens (P x C, in the block's input space) go through the block's own `norm1`
+    and `qkv`, as a prepended token would; only their keys and values are kept.
+  - Every window's queries attend to [prompt keys; window keys]: the same P prompts are
+    visible from every window, and they are not in any window, so the relative-position
+    bias and the shifted-window mask of timm's block are padded with zeros for their
+    columns (no position, no region).
+  - `prompts_visible = False` masks the prompt columns with -inf, which gives back the
+    frozen block's attention exactly (zero prompts would not: a softmax over extra keys
+    changes every window's output).
+- `prompted_block` and `merge_prompts` (VPT-shallow): the prompts are tokens of the stream
+  like the patches. A block takes (patch map, prompts of each image) and returns both
+  updated; `merge_prompts` carries the prompts through a patch merging.
 
-The frozen attention's own modules are reused as they are (`qkv`, `proj`, the relative
-position table, the block's mask, the dropouts); `prompts_visible = False` masks the
-prompt columns with -inf, which gives back the frozen block's attention exactly (zero
-prompts would not: a softmax over extra keys changes every window's output).
+The frozen modules are reused as they are (`norm1`, `qkv`, `proj`, the relative-position
+table, the block's mask, the dropouts, `norm2`, the MLP, the merging's norm and reduction).
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.models.swin_transformer import window_partition, window_reverse
 from torch import Tensor, nn
 
 
-def init_prompts(prompts: Tensor, fan_in: int) -> Tensor:
-    """VPT's Xavier-uniform initialisation: U(+-sqrt(6 / (fan_in + C))), where fan_in is
-    the patch embedding's (3 x patch area), C the prompt width."""
-    bound = math.sqrt(6.0 / (fan_in + prompts.shape[-1]))
+def init_prompts(prompts: Tensor, fan_in: int, fan_out: int) -> Tensor:
+    """VPT's Xavier-uniform initialisation: U(+-sqrt(6 / (fan_in + fan_out))), where fan_in
+    is the patch embedding's (3 x patch area) and fan_out the first stage's width, whatever
+    the prompts' own width (the official Swin code uses that one bound for every stage)."""
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
     with torch.no_grad():
         return prompts.uniform_(-bound, bound)
 
@@ -95,3 +98,90 @@ class PromptedWindowAttention(nn.Module):
         )
         out = out.transpose(1, 2).reshape(batch, tokens, -1)
         return attn.proj_drop(attn.proj(out))
+
+
+# --- VPT-shallow: prompts as tokens of the stream ------------------------------------------
+
+
+def _attention_with_prompts(attn: nn.Module, tokens: Tensor, mask: Tensor | None, p: int,
+                            batch: int) -> Tensor:
+    """timm's window attention over `tokens` = [P prompts; N window tokens] per window.
+
+    tokens: (batch * windows, P + N, C), windows image-major (index b * windows + w);
+    mask: the block's (windows, N, N) shift mask or None. The relative-position bias and the
+    mask are padded with zeros in the prompt rows and columns: prompts have no position and
+    no shift region, every token sees them and they see every token.
+    """
+    n_windows = tokens.shape[0] // batch
+    length = tokens.shape[1]
+    heads = attn.num_heads
+    qkv = attn.qkv(tokens).reshape(batch, n_windows, length, 3, heads, -1)
+    q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (batch, windows, heads, L, d)
+    bias = F.pad(attn._get_rel_pos_bias(), (p, 0, p, 0))  # (1, heads, L, L)
+    if mask is not None:  # (windows, N, N)
+        bias = bias + F.pad(mask, (p, 0, p, 0)).unsqueeze(1).to(bias.dtype)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.to(q.dtype),
+        dropout_p=attn.attn_drop.p if attn.training else 0.0, scale=attn.scale,
+    )  # (batch, windows, heads, L, d)
+    out = out.permute(0, 1, 3, 2, 4).reshape(batch * n_windows, length, -1)
+    return attn.proj_drop(attn.proj(out))
+
+
+def _windowed_attention(block: nn.Module, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """The attention part of a timm Swin block with prompts: x (B, H, W, C) normalised
+    patch tokens, z (B, P, C) normalised prompts; returns (patch output, prompt output).
+
+    Shift, padding, windows and their reversal are timm's. Each window gets the prompts of
+    its own image; an image's prompt output is the mean of its copies over its windows."""
+    batch, h, w, c = x.shape
+    p = z.shape[1]
+    wh, ww = block.window_size
+    shift = tuple(block.shift_size)
+    shifted = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if any(shift) else x
+    pad_h, pad_w = (wh - h % wh) % wh, (ww - w % ww) % ww
+    shifted = F.pad(shifted, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = shifted.shape[1:3]
+    windows = window_partition(shifted, (wh, ww)).view(-1, wh * ww, c)
+    n_windows = windows.shape[0] // batch
+    tokens = torch.cat([z.repeat_interleave(n_windows, dim=0), windows], dim=1)
+    if getattr(block, "dynamic_mask", False):
+        mask = block.get_attn_mask(shifted)
+    else:
+        mask = block.attn_mask
+    out = _attention_with_prompts(block.attn, tokens, mask, p, batch)
+    prompts = out[:, :p].reshape(batch, n_windows, p, c).mean(dim=1)
+    patches = window_reverse(out[:, p:].reshape(-1, wh, ww, c), (wh, ww), hp, wp)
+    patches = patches[:, :h, :w, :]
+    if any(shift):
+        patches = torch.roll(patches, shifts=shift, dims=(1, 2))
+    return patches, prompts
+
+
+def prompted_block(block: nn.Module, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """A timm Swin block run on the patch map x (B, H, W, C) with the prompt tokens z
+    (B, P, C) of each image in front; returns both outputs (VPT-shallow).
+
+    As the official prompted block: `norm1` on all tokens; window attention with the
+    prompts in every window (`_windowed_attention`); then the residual, `norm2`, the MLP
+    and its residual on all tokens, prompts included, each stochastic-depth draw covering
+    an image's prompts and patches together."""
+    batch, h, w, c = x.shape
+    p = z.shape[1]
+    seq = torch.cat([z, x.reshape(batch, h * w, c)], dim=1)
+    normed = block.norm1(seq)
+    patches, prompts = _windowed_attention(
+        block, normed[:, p:].reshape(batch, h, w, c), normed[:, :p]
+    )
+    seq = seq + block.drop_path1(torch.cat([prompts, patches.reshape(batch, h * w, c)], dim=1))
+    seq = seq + block.drop_path2(block.mlp(block.norm2(seq)))
+    return seq[:, p:].reshape(batch, h, w, c), seq[:, :p]
+
+
+def merge_prompts(merge: nn.Module, z: Tensor) -> Tensor:
+    """Prompt tokens (B, P, C) through a stage's patch merging: four copies side by side
+    (the 2 x 2 neighbourhood a prompt does not have) through the frozen LayerNorm(4C) and
+    reduction 4C -> 2C, as the official code does; unchanged where there is no merging."""
+    if not hasattr(merge, "reduction"):
+        return z
+    return merge.reduction(merge.norm(torch.cat([z, z, z, z], dim=-1)))

@@ -30,9 +30,8 @@ Count and default. A block of width d with bottleneck m = d // `reduction` costs
 | 8 (VL-Adapter's released scripts) | 3,058,064 | -1.68 M |
 
 Reduction 3 is the closest integer setting (2.5 % above the paper). Reduction 4 falls short
-by 0.60 M, the offset that the `vpt_*`, `compacter*` and `adapter` rows of the same table
-share (see `methods.vpt`): if the paper's models carried that much outside the method, its
-VL-Adapter ran at a bottleneck of d / 4.
+by 0.60 M, the offset the Polyhistor-paper rows share (protocol §3.2): if that offset is
+outside the method, the paper's VL-Adapter ran at a bottleneck of d / 4.
 """
 
 from __future__ import annotations

@@ -1,48 +1,68 @@
 """Visual Prompt Tuning (Jia et al.: "Visual Prompt Tuning", ECCV 2022), the `vpt_shallow`
 and `vpt_deep` rows of SPEC 3.2 (baselines of the Polyhistor and MTLoRA tables).
 
-One frozen Swin encoder shared by every task (`shared` mode) and learned prompt tokens.
-Trains: the prompts only, plus the decoders (the harness); VPT trains nothing else of the
-backbone. Frozen: the whole backbone, LayerNorms, relative-position tables, patch
-embedding and merging included.
+One frozen Swin encoder shared by every task (`shared` mode) and learned prompt tokens, as
+the official code's prompted Swin builds them. Trains: the prompts only, plus the decoders
+(the harness). Frozen: the whole backbone, LayerNorms, relative-position tables, patch
+embedding and merging included (the official code freezes every backbone parameter whose
+name lacks "prompt").
 
-Prompts in Swin. VPT prepends tokens to a ViT's sequence; Swin's attention is windowed and
-its stages change width through patch merging, so the paper's recipe has to be read:
+How the official prompted Swin block treats P prompt tokens Z in front of the patch tokens
+(both variants): `norm1` on all tokens; the same P (normalised) prompts are put in front of
+every window's 49 tokens; window attention with the relative-position bias and the shift
+mask padded with zeros in the prompt rows and columns (prompts have no position and no
+shift region: every token sees them, they see every token); an image's prompt output is
+the mean of its copies over its windows; then the residual, `norm2` and the MLP on all
+tokens, prompts included.
 
-- A prompt acts on the image tokens through the key and value it gives in a block's
-  attention (`methods.prompts.PromptedWindowAttention`): its tokens pass through the block's
-  own `norm1` and `qkv`, and the queries of *every* window attend to them besides the
-  window's own tokens: one set of prompts is seen by all windows of all images, without
-  relative-position bias (prompts have no position) and outside the shifted-window mask.
-- Prompts produce no outputs: they never pass through the MLP or the patch merging, so no
-  prompt crosses a stage (the merging's 2 x 2 neighbourhoods have no place for a token that
-  is not on the grid). In VPT-deep the prompt outputs of a layer are discarded anyway, so for
-  the image tokens this *is* VPT-deep, block by block.
 - `vpt_deep`: a separate set of `num_prompts` prompts in every block of every stage
-  (12 sets for Swin-T), each of its block's width.
-- `vpt_shallow`: VPT-shallow inserts prompts once, at the input of the first layer. Here:
-  one set of `num_prompts` prompts of the first stage's width, seen by the blocks of the
-  first stage (the same parameter in both blocks; as in VPT-shallow, where the first layer's
-  prompts persist, the second block still sees them). Stages 2-4 run as pre-trained.
-- Initialisation: VPT's Xavier-uniform, U(+-sqrt(6 / (3 p^2 + C))) with p the patch size and
-  C the prompt width (`methods.prompts.init_prompts`).
+  (12 sets for Swin-T), each of its block's width. Before each block the official code
+  throws the incoming prompts away and puts that block's own set in, so a block's prompt
+  outputs reach nothing but the prompt outputs of the last block, which the official
+  classifier pools and a dense decoder never sees. For the patch tokens the prompts
+  therefore act only through the keys and values they give in their block's attention:
+  `methods.prompts.PromptedWindowAttention` computes exactly that, and nothing for the
+  prompts after it (the official block's patch outputs, with the same weights).
+- `vpt_shallow`: one set of `num_prompts` prompts of the first stage's width, put in front
+  of the patch tokens after the patch embedding (no position embedding, no patch-embedding
+  norm). They are tokens of the stream from then on (`methods.prompts.prompted_block`): each
+  block's prompt outputs are the next block's prompts, through all blocks of all stages.
+  At a patch merging the prompts cross as four copies side by side through the frozen
+  merging norm and reduction, C -> 4C -> 2C (`methods.prompts.merge_prompts`): the official
+  code's path (the VPT paper says the prompts are ignored at the merging; the code passes
+  them through it, and we follow the code). The decoders get the patch tokens of each stage
+  after its merging; the prompts are never decoded.
+- Batch pairing (`vpt_shallow`; one difference from the official code). The official block
+  lists the windows image by image (index b * windows + w) but builds the prompt copies, and
+  averages them back, window by window (image = index mod B), so with more than one image in
+  a batch a window sees the prompts of another image and an image's prompt output mixes
+  windows of several images: the samples of a batch are coupled, and the result depends on
+  the batch size. We pair each window with its own image's prompts and average each image's
+  prompts over its own windows, so every image is computed as if it were alone (the official
+  result at batch size 1). In `vpt_deep` the fresh prompts are the same for every image, so
+  the pairing does not change anything that reaches the decoders.
+- Initialisation: the official Xavier-uniform bound for every prompt set,
+  U(+-sqrt(6 / (3 p^2 + C_0))) with p the patch size and C_0 the first stage's width, also
+  for the wider prompts of the later stages (Swin-T: sqrt(6 / 144) = 0.204 everywhere;
+  `methods.prompts.init_prompts`).
+
+Choices the official code leaves open for dense prediction, or where we differ:
+
+- One prompt set shared by the tasks (one backbone pass per image), not one set per task.
+- Stochastic depth and dropout of the backbone run as for every other method of the
+  protocol (the official code puts the whole backbone in eval mode while tuning prompts).
+  Prompt dropout: none (the official default and the value its runs use).
+- The prompt projection the official code exposes is an identity that its Swin forward
+  never applies: there is none here.
 
 Count and default. A set costs `num_prompts` x width. Swin-T's block widths sum to 4,416
-(2 x 96, 2 x 192, 6 x 384, 2 x 768), so `vpt_deep` costs 4,416 P and `vpt_shallow` 96 P.
-The default P = 200 is, for both rows, the closest count among the prompt lengths VPT itself
-searches (1, 5, 10, 50, 100, 200), and it is also the length the two published counts
-imply together: they differ by 3.43 - 2.57 = 0.86 M, which in this layout is 4,320 P, so
-P = 199. Trainable: `vpt_shallow` 1,965,824 (19,200 prompts + 1,946,624 decoder
-parameters; paper 2.57 M), `vpt_deep` 2,829,824 (883,200 + 1,946,624; paper 3.43 M). Both
-are 0.60 M below the paper, the same offset, which points to a non-prompt part of the
-paper's models about 0.60 M larger than our decoders (our `adapter` is 0.63 M below its row
-of the same table too; see `methods.adapter`). No prompt length closes that gap for both rows:
-`num_prompts=336` gives `vpt_deep` 3,430,400 (the paper's count) but leaves `vpt_shallow`
-0.59 M short and the two rows 1.45 M apart instead of 0.86 M; `vpt_shallow` alone would
-need 6,493 prompts of stage 1, far outside what VPT uses (and each window would attend to
-over a hundred prompts per token of its own). The default is the same for every backbone:
-on `swin_micro` (4 x 4 windows) 200 prompts outnumber a window's tokens 12.5 to 1, against
-about 4 to 1 in Swin-T's 7 x 7 windows.
+(2 x 96, 2 x 192, 6 x 384, 2 x 768), so `vpt_deep` costs 4,416 P and `vpt_shallow` 96 P
+(the prompts that cross a merging are computed from the first stage's, not learned anew).
+The default P = 200 is among the lengths VPT searches (1, 5, 10, 50, 100, 200), and P = 200
+shared (or 50 per task, four sets) is the one length that the paper's two VPT counts imply
+together (with the offset the Polyhistor-paper rows share, protocol §3.2). Trainable for Swin-T on
+PASCAL: `vpt_shallow` 1,965,824 (19,200 prompts + 1,946,624 decoder parameters; paper
+2.57 M), `vpt_deep` 2,829,824 (883,200 + 1,946,624; paper 3.43 M).
 """
 
 from __future__ import annotations
@@ -50,16 +70,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from benchmark.backbone import SwinBackbone
 from benchmark.model import Encoder
 from methods.base import Method, freeze, positive_ints
-from methods.prompts import PromptedWindowAttention, init_prompts
+from methods.prompts import PromptedWindowAttention, init_prompts, merge_prompts, prompted_block
+
+
+class ShallowPromptEncoder(Encoder):
+    """The frozen backbone run with `prompts` (P, C_0) as tokens of the stream (`shared`)."""
+
+    def __init__(self, backbone: SwinBackbone, tasks: Sequence[str], prompts: nn.Parameter):
+        super().__init__(backbone, tasks)
+        self.prompts = prompts
+
+    def forward_with_prompts(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The stage maps (NCHW, after each merging) and the prompts (B, P, C) each stage's
+        first block receives."""
+        backbone = self.backbone
+        x = backbone.patch_embed(images)
+        z = self.prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        maps, stage_prompts = [], []
+        for stage in backbone.stages:
+            stage_prompts.append(z)
+            for block in stage.blocks:
+                x, z = prompted_block(block, x, z)
+            x = stage.merge(x)
+            z = merge_prompts(stage.merge, z)
+            maps.append(x.permute(0, 3, 1, 2))
+        return maps, stage_prompts
+
+    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
+        maps, _ = self.forward_with_prompts(images)
+        return {task: maps for task in self.tasks}
 
 
 class VPT(Method):
-    """Prompts in the blocks of the first stage (`deep=False`) or in every block (`deep`)."""
+    """Prompts at the input, carried through the network (`deep=False`), or a fresh set in
+    every block (`deep`)."""
 
     deep: bool = True
 
@@ -76,20 +125,17 @@ class VPT(Method):
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
         freeze(backbone)
-        fan_in = backbone.patch_embed.proj.weight.shape[1:].numel()  # 3 x patch area
+        proj = backbone.patch_embed.proj.weight
+        fan_in, first_width = proj.shape[1:].numel(), proj.shape[0]  # 3 x patch area, C_0
 
-        def new_prompts(block: nn.Module) -> nn.Parameter:
-            weight = block.norm1.weight
-            data = torch.empty(self.num_prompts, block.dim, device=weight.device,
-                               dtype=weight.dtype)
-            return nn.Parameter(init_prompts(data, fan_in))
+        def new_prompts(width: int) -> nn.Parameter:
+            data = torch.empty(self.num_prompts, width, device=proj.device, dtype=proj.dtype)
+            return nn.Parameter(init_prompts(data, fan_in, first_width))
 
-        stages = backbone.stages if self.deep else backbone.stages[:1]
-        for stage in stages:
-            shared = None if self.deep else new_prompts(stage.blocks[0])
-            for block in stage.blocks:
-                prompts = new_prompts(block) if shared is None else shared
-                block.attn = PromptedWindowAttention(block.attn, block.norm1, prompts)
+        if not self.deep:
+            return ShallowPromptEncoder(backbone, tasks, new_prompts(first_width))
+        for block in backbone.blocks():
+            block.attn = PromptedWindowAttention(block.attn, block.norm1, new_prompts(block.dim))
         return Encoder(backbone, tasks)
 
 

@@ -1,5 +1,6 @@
-"""HyperFormer, DoRA (and MTLoRA with DoRA): counts, identity at zero init, trainability,
-the DoRA layers' algebra, overfitting, the CLI (TADFormer: tests/test_tadformer.py)."""
+"""DoRA (and MTLoRA with DoRA): counts, identity at zero init, trainability, the DoRA
+layers' algebra, overfitting, the CLI (TADFormer: tests/test_tadformer.py; HyperFormer:
+tests/test_hyperformer.py)."""
 
 import copy
 
@@ -10,9 +11,7 @@ from torch import nn
 from benchmark.errors import UserError
 from benchmark.records import iter_records
 from benchmark.run import compose_all, expand
-from methods.adapters import HyperEncoder
 from methods.dora import DoRA
-from methods.hyperformer import HyperFormer
 from methods.lowrank import (
     DoRALinear,
     LowRank,
@@ -39,17 +38,6 @@ from tests.test_model import tiny_backbone
 from tests.test_mtlora import ONE_TOKEN_TABLES, UNUSED
 
 
-def expected_hyperformer(reduction=2, embed_dim=128, hidden=89, tasks=4) -> int:
-    # task, layer (one per block) and position (2) embeddings; one projection to `hidden`;
-    # per stage a head for the whole down (d x m, + m bias) and up (m x d, + d) matrices
-    embeddings = (tasks + len(SWIN_T_BLOCKS) + 2) * embed_dim
-    projection = 3 * embed_dim * hidden + hidden
-    heads = sum(
-        (hidden + 1) * (2 * d * (d // reduction) + d // reduction + d) for d in SWIN_T_STAGES
-    )
-    return embeddings + projection + heads + DECODERS
-
-
 def expected_dora(rank=35) -> int:
     # LoRA on qkv (C -> 3C) and proj (C -> C): r (C + 3C) + r (C + C); a magnitude per
     # output: 3C + C
@@ -64,11 +52,9 @@ def dora_magnitudes(plus: bool) -> int:
 
 
 def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
-    rows = {r["method"]: r for r in params_of("method=hyperformer,dora", *PASCAL_SWIN_T)}
-    assert expected_hyperformer() == 72_679_993  # paper 72.77 M
+    rows = {r["method"]: r for r in params_of("method=dora", *PASCAL_SWIN_T)}
     assert expected_dora() == 2_891_648  # lora's 2,873,984 + 17,664 magnitudes
     expected = {
-        "hyperformer": (expected_hyperformer(), "hyperformer reduction=2", 72.77, "per_task"),
         "dora": (expected_dora(), "dora r=35", None, "shared"),
     }
     for method, (trainable, label, paper, mode) in expected.items():
@@ -79,9 +65,6 @@ def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
 
 
 def test_options_change_the_counts_as_the_formulas_say():
-    rows = params_of("method=hyperformer", "method.reduction=4", "method.hidden=8",
-                     *PASCAL_SWIN_T)
-    assert rows[0]["trainable"] == expected_hyperformer(reduction=4, hidden=8)
     rows = params_of("method=dora", "method.rank=8", *PASCAL_SWIN_T)
     assert rows[0]["trainable"] == expected_dora(8)
 
@@ -112,12 +95,8 @@ def test_options_and_invalid_values():
     assert MTLoRA(dora=True).options() == {
         "rank": 16, "task_rank": 4, "scale": 4.0, "dropout": 0.05, "dora": True
     }
-    assert HyperFormer().options() == {
-        "reduction": 2, "embed_dim": 128, "hidden": 89, "tasks_per_pass": None
-    }
     assert DoRA(rank=8, alpha=16).scale == 2.0
     bad = {
-        "hyperformer": ["method.hidden=0", "method.reduction=0", "method.tasks_per_pass=0"],
         "dora": ["method.rank=0", "method.dropout=1.5", "method.targets=[qkv,fc3]"],
         "mtlora": ["method.dora=maybe"],
     }
@@ -130,15 +109,7 @@ def test_options_and_invalid_values():
 # --- identity at zero init, trainability, overfitting ------------------------------------
 
 
-def _zero_generated_up(encoder: HyperEncoder) -> None:
-    with torch.no_grad():
-        for heads in encoder.generator.stages:
-            for p in heads["up"].parameters():
-                p.zero_()
-
-
 BUILD = {  # tiny versions of each method, by name
-    "hyperformer": lambda: HyperFormer(),
     "dora": lambda: DoRA(rank=4),
     "mtlora+dora": lambda: MTLoRA(rank=4, task_rank=2, dora=True),
     "mtlora++dora": lambda: MTLoRAPlus(rank=4, task_rank=2, dora=True),
@@ -150,10 +121,6 @@ def test_zero_initialised_updates_give_the_frozen_backbone_features(name):
     x = torch.randn(2, 3, 32, 32)
     plain = tiny_backbone().eval()
     encoder = BUILD[name]().build_encoder(tiny_backbone(), TASKS).eval()
-    if name == "hyperformer":  # its up heads start small, not zero (every weight trains)
-        with torch.no_grad():
-            assert not torch.allclose(encoder(x)["semseg"][0], plain(x, ["x"])["x"][0])
-        _zero_generated_up(encoder)
     with torch.no_grad():
         assert_same_features(encoder(x), plain(x, TASKS))  # every task, every stage
 
@@ -161,7 +128,7 @@ def test_zero_initialised_updates_give_the_frozen_backbone_features(name):
 def _unused(name: str, size: int = 64) -> tuple[str, ...]:
     """MTLoRA's exception (UNUSED) in the methods built on its task streams, and at 32 px
     the last stage's relative-position tables, which those methods train (ONE_TOKEN_TABLES)."""
-    if name in ("hyperformer", "dora"):
+    if name == "dora":
         return ()
     return UNUSED + (ONE_TOKEN_TABLES if size == 32 else ())
 
@@ -177,9 +144,7 @@ def test_frozen_parameters_get_no_gradient_and_every_trainable_one_does(name):
     randomise(model)  # B != 0 (LoRA, TS-LoRA, TA-modules), so that A and the rest see a signal
     names = dict(model.encoder.named_parameters())
     trainable = _trainable(model)
-    if name == "hyperformer":
-        assert trainable == {n for n in names if n.startswith("generator.")}
-    elif name == "dora":
+    if name == "dora":
         assert trainable == {n for n in names if ".lora." in n or n.endswith(".magnitude")}
         assert sum(n.endswith(".magnitude") for n in trainable) == 2 * 8
     else:  # the MTLoRA family: nothing frozen in it becomes trainable, plus its own parts
@@ -274,6 +239,50 @@ def test_dora_magnitude_and_factors_train_and_the_norm_is_a_constant():
         torch.testing.assert_close(layer(x) - layer.base.bias, 2 * before)
 
 
+def test_dora_dropout_follows_peft_by_default_and_the_update_style_on_request():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 9)
+    x = torch.randn(4, 5, 12)
+    peft = DoRALinear(copy.deepcopy(base), rank=3, scale=2.0, dropout=0.3, dropout_style="peft")
+    update = DoRALinear(copy.deepcopy(base), rank=3, scale=2.0, dropout=0.3)
+    assert update.dropout_style == "update"  # the layer's default, which MTLoRA keeps
+    randomise(peft)
+    update.load_state_dict(peft.state_dict())
+    with torch.no_grad():
+        peft.magnitude.mul_(torch.linspace(0.5, 1.5, 9))
+        update.magnitude.copy_(peft.magnitude)
+    w, b, a, bb = base.weight, base.bias, peft.lora.a.detach(), peft.lora.b.detach()
+    direction = w + 2.0 * bb @ a
+    r = peft.magnitude.detach() / direction.norm(dim=1)
+    torch.manual_seed(1)
+    dropped = nn.functional.dropout(x, 0.3, training=True)  # the mask the layer will draw
+    with torch.no_grad():
+        torch.manual_seed(1)
+        got_peft = peft.train()(x)
+        torch.manual_seed(1)
+        got_update = update.train()(x)
+        # peft's Linear with a DoRA variant in training: the base layer's output plus
+        # (r - 1) W dropout(x) + r s B A dropout(x)
+        expected = x @ w.T + b + (r - 1) * (dropped @ w.T) + r * 2.0 * (dropped @ a.T @ bb.T)
+        torch.testing.assert_close(got_peft, expected)
+        torch.testing.assert_close(got_update, r * (x @ w.T + 2.0 * dropped @ a.T @ bb.T) + b)
+        assert not torch.allclose(got_peft, got_update)
+        # in eval mode (dropout off) both are r (W x + s B A x) + b
+        full = r * (x @ w.T + 2.0 * x @ a.T @ bb.T) + b
+        torch.testing.assert_close(peft.eval()(x), full)
+        torch.testing.assert_close(update.eval()(x), full)
+    # the method's default is peft's; MTLoRA's DoRA layers keep the update style
+    assert DoRA().options()["dropout_style"] == "peft"
+    layers = [m for m in DoRA(rank=2).build_encoder(tiny_backbone(), TASKS).modules()
+              if isinstance(m, DoRALinear)]
+    assert layers and all(m.dropout_style == "peft" for m in layers)
+    layers = [m for m in MTLoRA(rank=2, dora=True).build_encoder(tiny_backbone(), TASKS).modules()
+              if isinstance(m, DoRALinear)]
+    assert layers and all(m.dropout_style == "update" for m in layers)
+    with pytest.raises(UserError, match="method dora: dropout_style"):
+        compose_all(expand(["method=dora", "method.dropout_style=both"]))
+
+
 def test_multi_task_dora_normalises_each_output_with_the_shared_magnitude():
     torch.manual_seed(0)
     base = nn.Linear(10, 6)
@@ -298,49 +307,6 @@ def test_multi_task_dora_normalises_each_output_with_the_shared_magnitude():
         ratio = layer.magnitude / direction.norm(dim=1)
         expected = (x @ base.weight.T + lora(task_x[t])) * ratio + base.bias
         torch.testing.assert_close(per_task[t], expected)
-
-
-# --- HyperFormer --------------------------------------------------------------------------
-
-
-def test_hyperformer_generates_whole_matrices_per_task_and_batches_the_tasks():
-    backbone = tiny_backbone().eval()
-    encoder = HyperFormer().build_encoder(backbone, TASKS)
-    assert isinstance(encoder, HyperEncoder) and encoder.mode == "per_task"
-    weights = encoder.generator()
-    assert len(weights) == 2 * 8  # two adapters in each of the 8 blocks
-    for (down, up), d in zip(weights, [32] * 4 + [64] * 4 + [128] * 4 + [256] * 4):
-        assert down.right is None and up.right is None  # one projection, no factors
-        assert down.left.shape == (len(TASKS), d, d // 2) and up.left.shape == (4, d // 2, d)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        out = encoder(x)
-        for i, task in enumerate(TASKS):
-            with encoder.weights.hold(encoder.generator()), encoder.context.bind(
-                torch.full((2,), i)
-            ):
-                alone = backbone(x, ["x"])["x"]
-            for a, b in zip(out[task], alone):
-                torch.testing.assert_close(a, b)
-    assert not torch.allclose(out["semseg"][-1], out["normals"][-1])
-
-
-def test_hyperformer_adam_step_moves_generated_weights_at_the_pace_of_direct_ones():
-    torch.manual_seed(0)
-    backbone = tiny_backbone()
-    model = model_with(HyperFormer().build_encoder(backbone, TASKS), backbone)
-    generator = model.encoder.generator
-    lr = 1e-3
-
-    def generated() -> list[torch.Tensor]:
-        with torch.no_grad():
-            return [t.clone() for pair in generator() for w in pair for t in (w.left, w.bias)]
-
-    before = generated()
-    assert_gradients(model, fake_batch(size=32))
-    torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr).step()
-    steps = [(a - b).abs().max().item() / lr for a, b in zip(generated(), before)]
-    assert min(steps) > 0.1 and max(steps) < 10, steps  # a direct weight moves by lr
 
 
 # --- command line -------------------------------------------------------------------------
