@@ -97,10 +97,13 @@ class TaskStreamBlock(nn.Module):
     Returns `TaskStreams` (NHWC).
     """
 
+    #: the multi-task layers it runs (another method's with the same interface may replace it)
+    layer_types: tuple[type, ...] = (MultiTaskLoRALinear,)
+
     def __init__(self, block: nn.Module):
         super().__init__()
         layers = (block.attn.proj, block.mlp.fc1, block.mlp.fc2)
-        if not all(isinstance(m, MultiTaskLoRALinear) for m in layers):
+        if not all(isinstance(m, self.layer_types) for m in layers):
             raise TypeError("proj, fc1 and fc2 of a task-stream block must be multi-task layers")
         self.tasks = block.attn.proj.tasks
         # With proj out of the attention, block._attn returns the attention output per token
