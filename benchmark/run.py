@@ -28,9 +28,11 @@ launcher, one job per run (`benchmark.launch`).
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -280,8 +282,25 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler stopping the job, `kill`): handled as an interruption."""
 
 
+_TERM = {"caught": True}
+
+
 def _terminate(signum, frame) -> None:
+    """Raise `Terminated` in the main thread. A signal that lands in code which swallows
+    exceptions (an at-fork hook of a worker pool, a finaliser) is lost, so until `main` has
+    caught it, a watchdog raises it again every few seconds."""
+    if _TERM["caught"]:
+        _TERM["caught"] = False
+        threading.Thread(target=_raise_again, daemon=True).start()
     raise Terminated
+
+
+def _raise_again(every_s: float = 5.0) -> None:
+    while True:
+        time.sleep(every_s)
+        if _TERM["caught"]:
+            return
+        _thread.interrupt_main(signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         return report_user_error(err)
     except KeyboardInterrupt as err:
+        _TERM["caught"] = True
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(f"{how}: finished runs are kept in their result.json; the same command "
               "resumes the rest", file=sys.stderr)
@@ -319,8 +339,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _on_sigterm(handler):
     """Install `handler` for SIGTERM (in the main thread only) and return the previous one."""
-    import threading
-
     if handler is None or threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, handler)

@@ -26,7 +26,6 @@ from benchmark.experiment import RunFailed, run_experiment
 from benchmark.records import iter_records, read_record, run_dir, write_json_atomic
 from benchmark.run import compose_all, run_sweep
 from benchmark.train import GroupResult, TrainState, load_checkpoint, save_checkpoint
-from methods.base import instantiate_method
 from tests.conftest import ROOT, SMALL_DATA
 
 SMOKE = ["budget=smoke", *SMALL_DATA, "progress=false"]
@@ -119,7 +118,7 @@ def test_delta_m_is_filled_in_when_the_reference_finished_elsewhere(tmp_path, fa
     (cfg,) = _configs(tmp_path, "full_ft")
     reference = experiment.reference_dir(cfg)
     # another process holds the reference: this run finishes without Δm ...
-    with experiment.run_lock(reference) if hasattr(experiment, "run_lock") else _held(reference):
+    with _held(reference):
         run_experiment(cfg, log=lambda _: None)
     assert _records(tmp_path)["full_ft"]["delta_m"] is None
     # ... then the reference finishes, and the sweep's end fills Δm in
@@ -139,10 +138,8 @@ def _held(directory):
 def test_the_sweep_counts_references_and_writes_plain_lines_without_a_terminal(
     tmp_path, fake_training, capsys
 ):
-    configs = compose_all([["method=full_ft,decoders_only".split()[0], *SMOKE[:-1],
-                            f"results_dir={tmp_path}"],
-                           ["method=decoders_only", *SMOKE[:-1], f"results_dir={tmp_path}"]],
-                          training=True)
+    configs = compose_all([[f"method={m}", *SMOKE[:-1], f"results_dir={tmp_path}"]
+                           for m in ("full_ft", "decoders_only")], training=True)
     assert run_sweep(configs) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and "\x1b" not in err
@@ -195,7 +192,7 @@ def test_a_finished_runs_leftovers_are_cleaned_up(tmp_path, fake_training):
 
     (directory / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead)}))
     run_experiment(cfg, log=lambda _: None)  # skipped: finished
-    assert sorted(p.name for p in directory.iterdir()) == ["result.json"]
+    assert sorted(p.name for p in directory.iterdir()) == ["config.yaml", "result.json"]
 
 
 # -- checkpoints hold tensors and plain values only ---------------------------------------
