@@ -1,6 +1,7 @@
 # make bench: set up .venv, run the default benchmark from scratch (force=true: the records
 #             committed under results/ are replaced by this machine's), write the report.
-#             make bench SWEEP=full runs every method of the suite instead.
+#             make bench SWEEP=full runs every method of the suite instead; make bench SEEDS=3
+#             runs seeds 0, 1 and 2 of each (default: one seed).
 # make test:  set up .venv, lint, run the test suite.
 # make gpu-check: verify this machine's GPU path in at most 8 minutes (reduced on a CPU);
 #             figures, records, logs and summary.md in GPUCHECK_DIR and GPUCHECK_DIR.tar.gz.
@@ -9,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SWEEP ?= default
 GPUCHECK_DIR ?= gpucheck
+SEEDS ?= 1
 
 .PHONY: bench test setup report clean-venv gpu-check
 
@@ -20,7 +22,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 bench: setup
-	$(BIN)/python -m benchmark.run sweep=$(SWEEP) force=true
+	$(BIN)/python -m benchmark.run sweep=$(SWEEP) seeds=$(SEEDS) force=true
 	$(BIN)/python -m benchmark.report
 
 report: setup

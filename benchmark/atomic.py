@@ -23,9 +23,10 @@ def atomic_write(
     needed), flush and fsync it, then rename it over `path`. On any failure the temporary
     file is removed, `path` is left as it was and the error propagates.
 
-    The temporary file is `tmp` when given (opened with `open`: the usual permissions),
-    else a fresh `<prefix><random>.tmp` from `tempfile.mkstemp` (owner-only permissions),
-    `prefix` defaulting to `.<name of path>.`.
+    The temporary file is `tmp` when given, else a fresh `<prefix><random>.tmp` from
+    `tempfile.mkstemp`, `prefix` defaulting to `.<name of path>.`. Either way the file gets
+    the permissions the umask gives a new file (as `open` does; `mkstemp` alone would make
+    it owner-only), so that colleagues can read a shared results directory.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,7 @@ def atomic_write(
             dir=path.parent, prefix=f".{path.name}." if prefix is None else prefix, suffix=".tmp"
         )
         tmp = Path(name)
+        os.fchmod(fd, 0o666 & ~_umask())
     else:
         fd = None
     try:
@@ -46,3 +48,9 @@ def atomic_write(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -14,6 +14,7 @@ continues to the next stage (MTLoRA).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -164,9 +165,10 @@ def resolve_weights(cfg: DictConfig) -> Path | None:
         path = WEIGHTS_DIR / cfg.default_weights
         if not path.exists():
             raise UserError(
-                f"the shipped checkpoint {path.name} is missing; regenerate it with "
-                "`python -m benchmark.pretrain`"
+                f"the shipped checkpoint {path.name} is missing; restore it (git checkout "
+                f"benchmark/weights) or give backbone.weights=PATH"
             )
+        verify_shipped(path)
         return path
     path = Path(str(weights)).expanduser()
     if not path.is_file():
@@ -174,6 +176,46 @@ def resolve_weights(cfg: DictConfig) -> Path | None:
             f"backbone.weights: no file at {path}; give a checkpoint path, default or none"
         )
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, computed once per file version (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
+
+
+_hashes: dict[tuple, str] = {}
+
+
+def verify_shipped(path: Path) -> None:
+    """A shipped checkpoint must be the file its card describes: a changed file would give
+    new results under the old name."""
+    card = read_weights_card(path.name)
+    expected = card.get("sha256")
+    if not expected:
+        raise UserError(f"the shipped checkpoint {path.name} has no card with its sha256 "
+                        f"({path.with_suffix('.json').name}); restore both (git checkout "
+                        "benchmark/weights)")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise UserError(
+            f"the shipped checkpoint {path} does not match its card (sha256 {actual[:12]}, "
+            f"the card says {expected[:12]}); restore it (git checkout benchmark/weights), or "
+            "give a checkpoint of your own as backbone.weights=PATH"
+        )
+
+
+def weights_sha256(cfg: DictConfig) -> str | None:
+    """The sha256 of the weights a backbone starts from (None: random initialisation)."""
+    path = resolve_weights(cfg)
+    return None if path is None else file_sha256(path)
 
 
 # Tensors of timm's model that the harness does not use: their absence is fine.

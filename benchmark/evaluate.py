@@ -28,6 +28,7 @@ probability would; that moves them by at most 2.5e-4 in probability, well inside
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,7 +129,7 @@ def evaluate_predictions(
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
+    if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0
     from benchmark.data import REAL_DATASETS
@@ -143,11 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.dataset.name not in REAL_DATASETS:
             raise UserError(f"evaluate scores {' or '.join(REAL_DATASETS)}; {USAGE}")
         metrics = evaluate_predictions(cfg.dataset, predictions, progress=cfg.progress)
+        bad = [f"{t}.{k}" for t, m in metrics.items() for k, v in m.items()
+               if v is not None and not math.isfinite(v)]
+        if bad:
+            task = bad[0].split(".")[0]
+            raise UserError(f"the metric {bad[0]} is not finite; check the {task} predictions")
     except UserError as err:
         return report_user_error(err)
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(metrics))
+    print(json.dumps(metrics, allow_nan=False))
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import math
 import os
 import platform
@@ -26,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from benchmark import distributed
+from benchmark.backbone import weights_sha256
+from benchmark.config import cadence
 from benchmark.cost import device_name
 from benchmark.data import MultiTaskData, dataset_info, load_dataset
 from benchmark.errors import UserError
@@ -34,6 +37,7 @@ from benchmark.model import build_model
 from benchmark.records import (
     SCHEMA,
     RunBusy,
+    clear_leftovers,
     finished_record,
     read_record,
     run_dir,
@@ -84,11 +88,32 @@ class RunFailed(RuntimeError):
     """A run stopped with an error; its failed record has been written."""
 
 
+class NotFinite(RuntimeError):
+    """A final metric (or Δm) of a run is NaN or infinite: the run failed."""
+
+
+def check_finite(metrics: dict[str, dict[str, float]]) -> None:
+    for task, values in metrics.items():
+        for name, value in values.items():
+            if value is not None and not math.isfinite(value):
+                raise NotFinite(f"the final metric {task}.{name} is {value}")
+
+
+def failure_message(err: BaseException) -> str:
+    """A failed run's `error`: the exception, a full disk said in plain words."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = f" writing {err.filename}" if err.filename else ""
+        return (f"no space left on device{where}; free space under results_dir and run the "
+                "same command again (the run resumes from its last checkpoint)")
+    return f"{type(err).__name__}: {err}"
+
+
 def run_experiment(
     cfg: DictConfig,
     cache: DataCache | None = None,
     log=tqdm.write,
     failures: list[str] | None = None,
+    tried_references: set[Path] | None = None,
 ) -> dict:
     """Train and evaluate `cfg` unless its record exists; return the record.
 
@@ -98,7 +123,12 @@ def run_experiment(
     this run: it is appended to `failures`. Under torchrun, a failure that need not have
     happened on every rank (anything but a diverging loss, whose test uses the loss of all
     ranks) is re-raised as it is: the other ranks may be waiting for this one, and ending
-    the process lets torchrun stop them.
+    the process lets torchrun stop them. A reference that failed is added to
+    `tried_references` (a sweep's set), and a later run of the sweep that needs it does not
+    train it again.
+
+    A finished run's leftovers (its checkpoints, group files and temporary files, from a
+    process killed after it wrote the record) are removed when the run is skipped.
     """
     world = distributed.current()
     if not world.is_main:
@@ -109,6 +139,8 @@ def run_experiment(
     done = None if cfg.force else distributed.broadcast(finished_record(directory))
     if done is not None:
         log(f"skip {method.label} seed {cfg.seed}: finished in {directory} (force=true re-runs)")
+        if world.is_main:
+            clear_leftovers(directory, keep_checkpoints=cfg.keep_checkpoints)
         return done
     with _lock_on_main(directory):
         if world.is_main:
@@ -119,29 +151,39 @@ def run_experiment(
         distributed.barrier()  # nobody looks for checkpoints before rank 0 cleared them
         reference = None
         if method.name != REFERENCE_METHOD:
-            reference = ensure_reference(cfg, cache, log, failures)
+            reference = ensure_reference(cfg, cache, log, failures, tried_references)
+        record = None
         try:
             results = train_groups(method, cfg, directory, cache)
+            check_finite({t: m for r in results for t, m in r.metrics.items()})
+            if world.is_main:
+                if reference is None and method.name != REFERENCE_METHOD:
+                    reference = finished_record(reference_dir(cfg))  # trained meanwhile?
+                record = make_record(cfg, method, directory, results, reference)
+                if record["delta_m"] is not None and not math.isfinite(record["delta_m"]):
+                    raise NotFinite(f"Δm is {record['delta_m']}")
+                (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+                write_json_atomic(directory / "result.json", record)
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 traceback.print_exc()
-            message = f"{type(err).__name__}: {err}"
+            message = failure_message(err)
             if world.is_main:
-                write_json_atomic(directory / "result.json", failed_record(cfg, method, message))
-            if world.distributed and not isinstance(err, TrainingDiverged):
+                try:
+                    write_json_atomic(
+                        directory / "result.json", failed_record(cfg, method, message)
+                    )
+                except OSError as again:  # the disk is still full: say so, go on
+                    log(f"could not record the failure in {directory}: {failure_message(again)}")
+            if method.name == REFERENCE_METHOD and tried_references is not None:
+                tried_references.add(directory)
+            if world.distributed and not isinstance(err, TrainingDiverged | NotFinite):
                 raise
             raise RunFailed(message) from None
-        record = None
-        if world.is_main:
-            if reference is None and method.name != REFERENCE_METHOD:
-                reference = finished_record(reference_dir(cfg))  # trained meanwhile elsewhere?
-            record = make_record(cfg, method, directory, results, reference)
-            (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-            write_json_atomic(directory / "result.json", record)
-            if not cfg.keep_checkpoints:
-                clear_run_state(directory)
+        if world.is_main and not cfg.keep_checkpoints:
+            clear_run_state(directory)
         record = distributed.broadcast(record)
     log(summary_line(record))
     return record
@@ -174,22 +216,34 @@ def reference_dir(cfg: DictConfig) -> Path:
 
 
 def ensure_reference(
-    cfg: DictConfig, cache: DataCache | None, log, failures: list[str] | None
+    cfg: DictConfig,
+    cache: DataCache | None,
+    log,
+    failures: list[str] | None,
+    tried: set[Path] | None = None,
 ) -> dict | None:
     """The single-task record of `cfg`'s setting, trained first if missing. None (and Δm
-    left empty) when it fails or another process is training it right now."""
-    reference = distributed.broadcast(finished_record(reference_dir(cfg)))
+    left empty) when it fails, failed earlier in this sweep (`tried`), or another process is
+    training it right now."""
+    directory = reference_dir(cfg)
+    reference = distributed.broadcast(finished_record(directory))
     if reference is not None:
         return reference
+    if tried is not None and directory in tried:
+        log(f"the single-task reference seed {cfg.seed} failed earlier in this sweep; "
+            "Δm stays empty")
+        return None
     log("Δm needs the single-task reference of this setting: training it first")
     ref_cfg = reference_config(cfg)
     ref_cfg.force = False
     try:
-        return run_experiment(ref_cfg, cache, log)
+        return run_experiment(ref_cfg, cache, log, tried_references=tried)
     except RunBusy as err:
         log(f"{err}; this run's Δm is filled in if the reference finishes first")
     except RunFailed as err:
         log(f"FAILED the single-task reference seed {cfg.seed}: {err}; Δm stays empty")
+        if tried is not None:
+            tried.add(directory)
         if failures is not None:
             failures.append(f"{REFERENCE_METHOD} seed {cfg.seed} (reference): {err}")
     return None
@@ -213,7 +267,8 @@ def train_groups(method, cfg: DictConfig, directory: Path, cache: DataCache) -> 
         desc = method.label + (f" [{'+'.join(tasks)}]" if len(groups) > 1 else "")
         result = train_and_evaluate(
             model, data, cfg.budget, device, cfg.seed, cfg.progress, desc,
-            checkpoint=directory / f"checkpoint-{i}.pt", checkpoint_every=cfg.checkpoint_every,
+            checkpoint=directory / f"checkpoint-{i}.pt",
+            checkpoint_every=cadence(cfg.checkpoint_every),
             execution=Execution.from_config(cfg),
         )
         if distributed.is_main():
@@ -221,6 +276,32 @@ def train_groups(method, cfg: DictConfig, directory: Path, cache: DataCache) -> 
         results.append(result)
         del model
     return results
+
+
+def fill_delta_m(configs: list[DictConfig]) -> int:
+    """Fill in Δm in the finished records of `configs` that lack it because their reference
+    was still training elsewhere when they finished and exists now; the number filled."""
+    filled = 0
+    for cfg in configs:
+        if cfg.method.name == REFERENCE_METHOD:
+            continue
+        directory = run_dir(cfg, instantiate_method(cfg.method).label)
+        record = finished_record(directory)
+        if record is None or record.get("delta_m") is not None:
+            continue
+        reference = finished_record(reference_dir(cfg))
+        if reference is None:
+            continue
+        try:
+            score = delta_m(record["metrics"], reference["metrics"], record["tasks"])
+        except (KeyError, ValueError):
+            continue
+        if not math.isfinite(score):
+            continue
+        record.update(delta_m=score, reference=reference.get("run_dir"))
+        write_json_atomic(directory / "result.json", record)
+        filled += 1
+    return filled
 
 
 def run_state_files(directory: Path) -> list[Path]:
@@ -247,6 +328,7 @@ def failed_record(cfg: DictConfig, method, message: str) -> dict:
         "budget": cfg.budget.name,
         "seed": cfg.seed,
         "eval_resolution": dataset_info(cfg.dataset).eval_resolution,
+        "weights_sha256": weights_sha256(cfg.backbone),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
     }
@@ -288,8 +370,10 @@ def make_record(cfg, method, directory: Path, results: list[GroupResult], refere
         "primary": {t: TASKS[t].primary_key for t in info.tasks},
         "delta_m": score,
         "reference": None if reference is None else reference.get("run_dir"),
+        "weights_sha256": weights_sha256(cfg.backbone),
         "cost": {
             "train_seconds": seconds,
+            "checkpoint_seconds": sum(r.checkpoint_seconds for r in results),
             "train_images": images,
             "train_images_per_second": images / seconds if seconds else None,
             "peak_memory_mb": max(peaks) if peaks else None,

@@ -185,7 +185,11 @@ def launch_sweep(
                 first += len(wave)
     finally:
         GlobalHydra.instance().clear()
-    return _summary(returns)
+    status = _summary(returns)
+    for place in sorted({os.path.abspath(c.results_dir) for c in configs}):
+        print(f"records are in {place}/; the report: python -m benchmark.report "
+              f"results_dir={place}")
+    return status
 
 
 def _one_line(err: Exception) -> str:

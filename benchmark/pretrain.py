@@ -9,8 +9,15 @@ safetensors, and beside it a JSON card with the sha256, the command, the setting
 upstream validation accuracy and the machine; the suite ships both, so the default benchmark
 needs no pre-training.
 
-Keys (defaults in `DEFAULTS`): epochs, batch_size, lr, train_size, val_size, image_size,
-seed, output (the checkpoint path).
+Both files are written only after the pre-training succeeded, each atomically, to the cache
+($MTPEFT_CACHE/weights/, else ~/.cache/mtpeft/weights/) or to `output=PATH`; train from
+them with `backbone.weights=PATH`. The shipped checkpoint is checked against its card's
+sha256 whenever it is loaded, so regenerating it (output=benchmark/weights/...) also
+changes the run keys: results of the old and the new weights never mix.
+
+Keys (defaults in `DEFAULTS`, each checked before anything runs): epochs, batch_size, lr,
+weight_decay, drop_path, train_size, val_size, image_size, seed, data_seed, output (the
+checkpoint path).
 """
 
 from __future__ import annotations
@@ -28,13 +35,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
+from safetensors.torch import save
 from tqdm.auto import tqdm
 
-from benchmark.backbone import WEIGHTS_DIR, build_swin
+from benchmark.atomic import atomic_write
+from benchmark.backbone import build_swin
+from benchmark.config import Float, Int, Str, check_output_dir, parse_value
 from benchmark.data import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import UserError, report_user_error
 from benchmark.run import CONF_DIR
+
+OUTPUT_NAME = "swin_micro_upstream.safetensors"
 
 DEFAULTS = {
     "epochs": 20,
@@ -47,17 +58,49 @@ DEFAULTS = {
     "image_size": 64,
     "seed": 0,
     "data_seed": 1,
-    "output": str(WEIGHTS_DIR / "swin_micro_upstream.safetensors"),
+    "output": None,  # default: the cache (`default_output`)
+}
+KEYS = {
+    "epochs": Int(ge=1),
+    "batch_size": Int(ge=1),
+    "lr": Float(gt=0),
+    "weight_decay": Float(ge=0),
+    "drop_path": Float(ge=0, lt=1),
+    "train_size": Int(ge=1),
+    "val_size": Int(ge=1),
+    "image_size": Int(ge=32),
+    "seed": Int(ge=0),
+    "data_seed": Int(ge=0),
+    "output": Str(null=True, what="a path ending in .safetensors", pattern=r".+\.safetensors"),
 }
 
 
+def default_output() -> Path:
+    from benchmark.data.synthetic import cache_dir
+
+    return cache_dir() / "weights" / OUTPUT_NAME
+
+
 def parse(argv: Sequence[str]) -> dict:
+    """The settings of a command line, each checked (one-line `UserError`s)."""
     settings = dict(DEFAULTS)
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in settings:
             raise UserError(f"unknown argument {arg!r}; keys: {', '.join(settings)}")
-        settings[key] = type(DEFAULTS[key])(value)
+        settings[key] = value if key == "output" else parse_value(value)
+    for key, spec in KEYS.items():
+        spec.check(key, settings[key])
+    if settings["image_size"] % 32:
+        raise UserError(f"image_size must be a multiple of 32, got {settings['image_size']}")
+    if settings["train_size"] < settings["batch_size"]:
+        raise UserError(
+            f"train_size={settings['train_size']} is smaller than batch_size="
+            f"{settings['batch_size']}: no full batch to train on"
+        )
+    output = Path(settings["output"]).expanduser() if settings["output"] else default_output()
+    check_output_dir(output.parent, "output")
+    settings["output"] = str(output)
     return settings
 
 
@@ -135,13 +178,16 @@ def pretrain(settings: dict, progress: bool = True) -> dict:
     bar.close()
     seconds = time.perf_counter() - start
 
+    if not math.isfinite(loss.item()):
+        raise UserError(
+            f"the pre-training loss became {loss.item()}; lower lr (lr={settings['lr']})"
+        )
     output = Path(settings["output"])
-    output.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")}
-    save_file(state, str(output))
+    blob = save(state)
     card = {
         "backbone": "swin_micro",
-        "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
+        "sha256": hashlib.sha256(blob).hexdigest(),
         "command": "python -m benchmark.pretrain "
         + " ".join(f"{k}={v}" for k, v in settings.items() if k != "output"),
         "settings": {k: v for k, v in settings.items() if k != "output"},
@@ -152,7 +198,10 @@ def pretrain(settings: dict, progress: bool = True) -> dict:
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
     }
-    output.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    # the weights first, then their card: a file whose card is missing or stale is refused
+    atomic_write(output, lambda f: f.write(blob))
+    text = json.dumps(card, indent=1, allow_nan=False) + "\n"
+    atomic_write(output.with_suffix(".json"), lambda f: f.write(text), "w")
     return card
 
 
@@ -167,12 +216,20 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        return 0
     try:
-        settings = parse(sys.argv[1:] if argv is None else argv)
+        settings = parse(argv)
         card = pretrain(settings)
     except UserError as err:
         return report_user_error(err)
-    print(f"wrote {settings['output']} (upstream val accuracy {card['val_accuracy']}%)")
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    print(f"wrote {settings['output']} (upstream val accuracy {card['val_accuracy']}%); "
+          f"train from it with backbone.weights={settings['output']}")
     return 0
 
 

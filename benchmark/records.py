@@ -1,9 +1,10 @@
 """Result records (SPEC 5.2): where a run's record lives, and writing and reading it.
 
 A run's directory is named by what determines its result: the method and its options, the
-dataset, the backbone, the budget and the seed. Paths and bookkeeping keys (dataset root,
-cache directory, results directory, device) do not enter the key, so moving the data does
-not invalidate finished runs. Layout:
+dataset, the backbone, the budget, the seed and the sha256 of the weights it starts from
+(so a changed checkpoint never mixes its results with the old one's). Paths and
+bookkeeping keys (dataset root, cache directory, results directory, device) do not enter
+the key, so moving the data does not invalidate finished runs. Layout:
 
     results_dir/<dataset>/<backbone>/<budget>/<method label>-seed<k>-<key>/result.json
 """
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.atomic import atomic_write
 
 SCHEMA = 1
+KNOWN_SCHEMAS = (1,)  # the record versions this code reads; others are skipped with a warning
 # Keys that locate files rather than define the experiment.
 _NOT_IN_KEY = {"root", "cache_dir"}
 # Options added to a config group after records of it existed, with their default: at the
@@ -53,6 +55,9 @@ def run_key(cfg: DictConfig) -> str:
 
     parts["budget"] = key_budget(parts["budget"])  # `amp` and `precision`: one spelling
     parts["seed"] = cfg.seed
+    from benchmark.backbone import weights_sha256
+
+    parts["weights_sha256"] = weights_sha256(cfg.backbone)
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -68,10 +73,11 @@ def run_dir(cfg: DictConfig, label: str) -> Path:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write to a temporary file in the same directory, then rename over `path`: a reader
-    (or a crash) sees the old file or the new one, never half of one."""
+    (or a crash) sees the old file or the new one, never half of one. Strict JSON: a NaN
+    or an infinity is a ValueError, never a bare `NaN` token."""
 
     def write(f) -> None:
-        json.dump(data, f, indent=1, default=str)
+        json.dump(data, f, indent=1, default=str, allow_nan=False)
         f.write("\n")
 
     atomic_write(path, write, "w")
@@ -106,6 +112,24 @@ def iter_records(results_dir: Path) -> Iterator[tuple[Path, dict | None]]:
     """Every `result.json` below `results_dir` with its parsed content (None if malformed)."""
     for path in sorted(Path(results_dir).rglob("result.json")):
         yield path, read_record(path)
+
+
+def clear_leftovers(directory: Path, keep_checkpoints: bool = False) -> list[Path]:
+    """Remove what a finished run no longer needs (checkpoints unless kept, finished-group
+    files, temporary files, a dead process's lock) when no live process holds the run;
+    return what was removed."""
+    leftovers = [*directory.glob("group-*.json"), *directory.glob(".*.tmp")]
+    if not keep_checkpoints:
+        leftovers += directory.glob("checkpoint-*.pt")
+    if not leftovers and not (directory / "lock").exists():
+        return []
+    try:
+        with run_lock(directory):  # takes over a dead process's lock, releases it after
+            for path in leftovers:
+                path.unlink(missing_ok=True)
+    except RunBusy:  # someone is re-running it (force=true): theirs to clean
+        return []
+    return leftovers
 
 
 class RunBusy(RuntimeError):
@@ -155,7 +179,7 @@ def run_lock(directory: Path) -> Iterator[None]:
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), **_job()}
     for _ in range(3):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             holder = read_record(path)
             try:

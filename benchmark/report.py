@@ -27,9 +27,11 @@ stderr and skipped. The same records give byte-identical markdown, CSV and SVG f
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -41,9 +43,10 @@ import matplotlib
 from tabulate import tabulate
 
 from benchmark import curves, latex, plots, stats
+from benchmark.config import check_output_dir
 from benchmark.errors import UserError, report_user_error
 from benchmark.metrics import delta_m
-from benchmark.records import iter_records, slug
+from benchmark.records import KNOWN_SCHEMAS, iter_records, slug
 from benchmark.rerun import seeds_commands
 from benchmark.tasks import TASKS
 
@@ -160,6 +163,13 @@ def load(results_dir: Path) -> tuple[list[dict], list[str]]:
         )
     records, warnings = [], []
     for path, record in iter_records(results_dir):
+        if record is not None and record.get("schema") not in KNOWN_SCHEMAS:
+            warnings.append(
+                f"skipped record {path}: unknown schema version {record.get('schema')!r} "
+                f"(this version reads {', '.join(map(str, KNOWN_SCHEMAS))}; a newer mtpeft "
+                "wrote it?)"
+            )
+            continue
         problem = record_problem(record)
         if problem is not None:
             warnings.append(f"skipped malformed record {path}: {problem}")
@@ -275,10 +285,12 @@ class Group:
     metric_keys: list[tuple[str, str]]  # (task, metric), every metric present, primary first
     has_reference: bool
     notes: list[str]
+    suffix: str = ""  # set by `build_groups` when two groups' names would collide
 
     @property
     def slug(self) -> str:
-        return slug(f"{self.dataset}-{self.backbone}-{self.budget}-{'-'.join(self.tasks)}")
+        name = slug(f"{self.dataset}-{self.backbone}-{self.budget}-{'-'.join(self.tasks)}")
+        return name + self.suffix
 
     @property
     def title(self) -> str:
@@ -412,16 +424,67 @@ def build_groups(records: list[dict]) -> list[Group]:
                 split[(*key[:3], budget)].append(r)
             else:
                 split[key].append(r)
-    return [build_group(key, split[key]) for key in sorted(split)]
+    groups = [build_group(key, split[key]) for key in sorted(split)]
+    # `slug` folds "1e+40" and "1e-40" alike: groups whose names collide get a short hash
+    names = defaultdict(list)
+    for group in groups:
+        names[group.slug].append(group)
+    for same in names.values():
+        if len(same) > 1:
+            for group in same:
+                key = json.dumps([group.dataset, group.tasks, group.backbone, group.budget])
+                group.suffix = "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    return groups
 
 
 def reference_command(group: Group) -> str:
+    """The command that trains the group's missing single-task references, as it runs:
+    the group's dataset, backbone and budget with every setting its runs changed from the
+    shipped configuration (a swept `budget.lr`, smaller splits) as overrides."""
     seeds = sorted({s for row in group.rows for s in row.seeds})
-    return (
-        f"python -m benchmark.run method={REFERENCE} dataset={group.dataset} "
-        f"dataset.tasks=[{','.join(group.tasks)}] backbone={group.backbone} "
-        f"budget={group.budget} seed={','.join(map(str, seeds))}"
-    )
+    run = group.rows[0].runs[0] if group.rows and group.rows[0].runs else {}
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    budget = run.get("budget", group.budget)
+    words = [f"method={REFERENCE}", f"dataset={group.dataset}",
+             f"dataset.tasks=[{','.join(group.tasks)}]", f"backbone={group.backbone}",
+             f"budget={budget}"]
+    for part, choice in (("dataset", group.dataset), ("backbone", group.backbone),
+                         ("budget", budget)):
+        words += _changed(part, choice, config.get(part))
+    if config.get("results_dir") not in (None, "results"):
+        words.append(f"results_dir={_override_value(config['results_dir'])}")
+    words.append(f"seed={','.join(map(str, seeds))}")
+    return "python -m benchmark.run " + " ".join(words)
+
+
+def _changed(part: str, choice: str, values) -> list[str]:
+    """`part.key=value` overrides for the settings in `values` that differ from the shipped
+    `conf/<part>/<choice>.yaml` (nothing when either is unknown)."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parent / "conf" / part / f"{choice}.yaml"
+    if not isinstance(values, dict) or not path.exists():
+        return []
+    shipped = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return [
+        f"{part}.{key}={_override_value(value)}"
+        for key, value in values.items()
+        if key not in ("name", "tasks") and key in shipped and shipped[key] != value
+    ]
+
+
+def _override_value(value) -> str:
+    """`value` as hydra's override grammar reads it back."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    text = str(value)
+    if isinstance(value, str) and not re.fullmatch(r"[\w./:+-]+", text):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -1056,6 +1119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         records, warnings = load(Path(args["results_dir"]))
+        check_output_dir(args["output_dir"], "output_dir")
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print(f"read {len(records)} record(s) from {args['results_dir']}")

@@ -3,13 +3,20 @@
     python -m benchmark.run                                 # the default benchmark (sweep=default)
     python -m benchmark.run method=full_ft,decoders_only seed=0,1,2
     python -m benchmark.run method=full_ft budget=smoke budget.epochs=2
+    python -m benchmark.run seeds=3                         # seed=0,1,2 (the default: seed=0)
 
 Overrides are hydra's (config groups `method`, `dataset`, `backbone`, `budget`; keys such as
 `seed`, `results_dir`, `budget.lr`); comma lists and `range(...)` sweep without `-m`. Without
 a `method=` override the methods of `sweep=NAME` (conf/sweep/NAME.yaml) run. Every
 configuration is composed and checked before the first run starts, the single-task
 references run first, and a run that fails is recorded as failed while the sweep goes on.
-Exit status: 0 when every run finished, 1 when some failed, 2 on bad input.
+Every key has a declared type and range (`benchmark.config`), checked for every point of
+the sweep before anything trains. A run whose loss or final metrics are not finite is
+recorded as failed. SIGINT and SIGTERM stop the sweep with one line; the run in progress
+resumes from its last checkpoint (`checkpoint_every`: epochs, or training time such as
+10min) when the same command runs again.
+Exit status: 0 when every run finished, 1 when some failed, 2 on bad input, 130 / 143 when
+interrupted / terminated.
 
     torchrun --nproc_per_node=4 -m benchmark.run method=mtlora  # each run on 4 GPUs (DDP)
     python -m benchmark.run method=mtlora,lora seed=0,1,2 hydra/launcher=slurm
@@ -21,8 +28,12 @@ launcher, one job per run (`benchmark.launch`).
 
 from __future__ import annotations
 
+import _thread
 import itertools
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +46,7 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from benchmark import distributed
+from benchmark.config import check_config, check_output_dir
 from benchmark.errors import UserError, report_user_error
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -56,7 +68,11 @@ def pop_options(
     argv: Sequence[str], defaults: dict[str, str | None]
 ) -> tuple[dict[str, str | None], list[str]]:
     """The `key=value` options of a command (the keys of `defaults`, the last one given
-    winning) and the rest of `argv`, the overrides, in order."""
+    winning) and the rest of `argv`, the overrides, in order. `-h` or `--help` anywhere
+    prints the calling command's docstring and exits 0."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(sys._getframe(1).f_globals.get("__doc__") or "")
+        raise SystemExit(0)
     options = dict(defaults)
     rest = []
     for arg in argv:
@@ -87,6 +103,17 @@ def expand(
         if key == "sweep":
             sweep = o.get_value_element_as_str()
             continue
+        if key == "seeds":  # seeds=N: seed=0,...,N-1
+            value = o.get_value_element_as_str()
+            if o.is_sweep_override() or not value.isdigit() or int(value) < 1:
+                raise UserError(f"seeds must be a whole number >= 1 (seeds=3: seed=0,1,2), "
+                                f"got {value!r}")
+            if "seed" in axes:
+                raise UserError("give seed=... or seeds=N, not both")
+            axes["seed"] = [f"seed={i}" for i in range(int(value))]
+            continue
+        if key == "seed" and "seed" in axes:
+            raise UserError("give seed=... or seeds=N, not both")
         if o.is_sweep_override():
             if not o.is_discrete_sweep():
                 raise UserError(f"{key}: only lists, choice() and range() sweep here")
@@ -118,8 +145,12 @@ def compose_all(combos: list[list[str]], training: bool = False) -> list[DictCon
                 configs.append(compose(config_name="config", overrides=combo))
             except (HydraException, OmegaConfBaseException) as err:
                 raise UserError(_explain(err, combo)) from None
+    checked: set[str] = set()
     for cfg in configs:
         validate(cfg, training)
+        if training and cfg.results_dir not in checked:
+            check_output_dir(cfg.results_dir, "results_dir")
+            checked.add(cfg.results_dir)
     return configs
 
 
@@ -131,6 +162,7 @@ def validate(cfg: DictConfig, training: bool = False) -> None:
             f"method={cfg.method.name} needs method._target_=package.module.Class "
             "(a methods.base.Method subclass importable from here)"
         )
+    check_config(cfg)  # every key's type and range
     from methods.base import instantiate_method
 
     method = instantiate_method(cfg.method)  # unknown options and classes fail here
@@ -140,27 +172,9 @@ def validate(cfg: DictConfig, training: bool = False) -> None:
             check_widths([cfg.backbone.embed_dim * 2**s for s in range(len(cfg.backbone.depths))])
         except ValueError as err:
             raise UserError(f"method {cfg.method.name}: {err}") from None
-    budget = cfg.budget
-    for key in ("epochs", "batch_size"):
-        if not isinstance(budget[key], int) or budget[key] < 1:
-            raise UserError(f"budget.{key} must be a whole number >= 1, got {budget[key]}")
-    if not budget.lr > 0:
-        raise UserError(f"budget.lr must be positive, got {budget.lr}")
-    if not isinstance(cfg.seed, int):
-        raise UserError(f"seed must be a whole number, got {cfg.seed!r}")
     from benchmark.precision import check_budget
 
-    check_budget(budget)
-    for key in ("compile", "channels_last", "fused_attn"):
-        if not isinstance(cfg[key], bool):
-            raise UserError(f"{key} must be true or false, got {cfg[key]!r}")
-    if not isinstance(cfg.data_on_gpu, int | float) or not 0 <= cfg.data_on_gpu <= 1:
-        raise UserError(f"data_on_gpu must be a share between 0 and 1, got {cfg.data_on_gpu!r}")
-    if not isinstance(cfg.prefetch, int) or cfg.prefetch < 0:
-        raise UserError(f"prefetch must be a whole number >= 0, got {cfg.prefetch!r}")
-    eval_every = cfg.get("eval_every", 0)
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
-        raise UserError(f"eval_every must be a whole number >= 0 (epochs), got {eval_every!r}")
+    check_budget(cfg.budget)  # `precision` against the deprecated `amp`
     dataset_info(cfg.dataset)
     if training:
         from benchmark.backbone import require_weights, resolve_weights
@@ -195,20 +209,44 @@ def _first_line(err: BaseException) -> str:
 
 
 def run_sweep(configs: list[DictConfig]) -> int:
-    from benchmark.experiment import REFERENCE_METHOD, DataCache, RunFailed, run_experiment
-    from benchmark.records import RunBusy
+    from benchmark.experiment import (
+        REFERENCE_METHOD,
+        DataCache,
+        RunFailed,
+        fill_delta_m,
+        reference_dir,
+        run_experiment,
+    )
+    from benchmark.records import RunBusy, finished_record, run_dir
+    from methods.base import instantiate_method
 
     # References first: every other run of the same setting needs them for Δm.
     configs = sorted(configs, key=lambda c: c.method.name != REFERENCE_METHOD)
     cache = DataCache()
     failures, busy = [], []
+    tried: set = set()  # references that failed in this sweep: not retried for every method
     main = distributed.is_main()
     progress = all(c.progress for c in configs) and main
-    bar = tqdm(configs, desc="sweep", unit="run", disable=not progress or len(configs) == 1)
-    for cfg in bar:
+    plain = progress and not sys.stderr.isatty()  # a log file: plain lines, no bars
+    if plain:
+        for cfg in configs:
+            cfg.progress = False
+    own = {run_dir(c, instantiate_method(c.method).label) for c in configs}
+    # the references that the runs will train first count as runs of their own
+    pending = {
+        reference_dir(c) for c in configs if c.method.name != REFERENCE_METHOD
+    } - own
+    pending = {d for d in pending if finished_record(d) is None}
+    total = len(configs) + len(pending)
+    bar = tqdm(total=total, desc="sweep", unit="run", disable=not progress or plain or total == 1)
+    start, done = time.monotonic(), 0
+    for cfg in configs:
         bar.set_postfix_str(f"{cfg.method.name} seed {cfg.seed}")
+        if plain and total > 1:
+            print(f"sweep: run {done + 1} of {total}: {cfg.method.name} seed {cfg.seed}"
+                  f"{_eta(start, done, total)}", file=sys.stderr, flush=True)
         try:
-            run_experiment(cfg, cache, failures=failures)
+            run_experiment(cfg, cache, failures=failures, tried_references=tried)
         except RunFailed as err:  # recorded as failed; the sweep goes on
             failures.append(f"{cfg.method.name} seed {cfg.seed}: {err}")
             if main:
@@ -217,17 +255,61 @@ def run_sweep(configs: list[DictConfig]) -> int:
             busy.append(str(err))
             if main:
                 tqdm.write(f"skip {cfg.method.name} seed {cfg.seed}: {err}")
+        finished = {d for d in pending if (d / "result.json").exists() or d in tried}
+        pending -= finished
+        bar.update(1 + len(finished))
+        done += 1 + len(finished)
     bar.close()
     if not main:
         return 1 if failures else 0
+    filled = fill_delta_m(configs)
+    if filled:
+        print(f"filled in the Δm of {filled} runs whose reference finished meanwhile",
+              file=sys.stderr)
     if busy:
         print(f"{len(busy)} runs were left to the processes training them", file=sys.stderr)
+    places = sorted({str(c.results_dir) for c in configs})
+    for place in places:
+        print(f"records are in {place}/; the report: python -m benchmark.report "
+              f"results_dir={place}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} runs failed:", file=sys.stderr)
         for line in failures:
             print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def _eta(start: float, done: int, total: int) -> str:
+    if not done:
+        return ""
+    left = (time.monotonic() - start) / done * (total - done)
+    return f" (about {left / 60:.0f} min left)" if left >= 60 else f" (about {left:.0f} s left)"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job, `kill`): handled as an interruption."""
+
+
+_TERM = {"caught": True}
+
+
+def _terminate(signum, frame) -> None:
+    """Raise `Terminated` in the main thread. A signal that lands in code which swallows
+    exceptions (an at-fork hook of a worker pool, a finaliser) is lost, so until `main` has
+    caught it, a watchdog raises it again every few seconds."""
+    if _TERM["caught"]:
+        _TERM["caught"] = False
+        threading.Thread(target=_raise_again, daemon=True).start()
+    raise Terminated
+
+
+def _raise_again(every_s: float = 5.0) -> None:
+    while True:
+        time.sleep(every_s)
+        if _TERM["caught"]:
+            return
+        _thread.interrupt_main(signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,15 +330,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hydra_overrides:
             return launch_sweep(configs, combos, hydra_overrides)
         distributed.setup(configs[0].device)
+        previous = _on_sigterm(_terminate)
         try:
             return run_sweep(configs)
         finally:
+            _on_sigterm(previous)
             distributed.teardown()
     except UserError as err:
         return report_user_error(err)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept in their result.json", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        _TERM["caught"] = True
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"{how}: finished runs are kept in their result.json; the same command "
+              "resumes the rest", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM (in the main thread only) and return the previous one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

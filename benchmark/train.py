@@ -24,8 +24,10 @@ One optimiser step is `TrainStep`, which `benchmark.perf` times as it is.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +89,7 @@ class GroupResult:
     loss_curve: dict[str, list[float | None]] = field(default_factory=dict)
     # with `eval_every=N`: {"epoch": k, "metrics": ...} every N epochs and after the last
     val_curve: list[dict] = field(default_factory=list)
+    checkpoint_seconds: float = 0.0  # writing checkpoints (not in train_seconds)
 
 
 @dataclass(frozen=True)
@@ -255,15 +258,16 @@ def train_and_evaluate(
     progress: bool = True,
     desc: str = "train",
     checkpoint: Path | None = None,
-    checkpoint_every: int = 1,
+    checkpoint_every: int | tuple[str, float] | None = None,
     execution: Execution | None = None,
 ) -> GroupResult:
     """Train `model` with the budget's recipe, then evaluate it on the validation split.
 
     With `checkpoint`, the training state (model, optimiser, step, RNG, cost so far) is saved
-    there atomically every `checkpoint_every` epochs and after the last one, and a run that
-    finds it resumes from it: the data order depends on (seed, epoch) only and the RNG state
-    is restored, so a resumed run reaches the same weights as an uninterrupted one.
+    there atomically at the end of an epoch, at the cadence `checkpoint_every` sets
+    (`should_checkpoint`), and a run that finds it resumes from it: the data order depends
+    on (seed, epoch) only and the RNG state is restored, so a resumed run reaches the same
+    weights as an uninterrupted one. The time spent writing is `checkpoint_seconds`.
 
     Under torchrun every rank calls this with the same arguments and an identically
     initialised `model`; rank 0 writes the checkpoint, and every rank returns the same
@@ -351,7 +355,8 @@ def train_and_evaluate(
             for task, value in zip(tasks, means[1:]):
                 curve = state.loss_curve.setdefault(task, [])
                 curve += [None] * (epoch - len(curve)) + [value]
-            bar.set_postfix(epoch=epoch + 1, loss=f"{state.last_loss:.3f}")
+            # the epoch that runs next, and the loss of the one that ended
+            bar.set_postfix(epoch=min(epoch + 2, budget.epochs), loss=f"{state.last_loss:.3f}")
             if not math.isfinite(state.last_loss):
                 bar.close()
                 raise TrainingDiverged(
@@ -367,9 +372,10 @@ def train_and_evaluate(
                      "metrics": evaluate(model, data, budget, device, prefetch, eval_precision)}
                 )
                 model.train()
-            if checkpoint is not None and checkpoint_every > 0 and (
-                state.epoch % checkpoint_every == 0 or last
-            ):
+            # rank 0's clock decides for every rank (the write is a collective)
+            if checkpoint is not None and distributed.broadcast(should_checkpoint(
+                state, checkpoint_every, last
+            )):
                 state.peak_memory_mb = _max(state.peak_memory_mb, memory.current_mb())
                 save_checkpoint(checkpoint, model, optimizer, state, device)
     bar.close()
@@ -398,6 +404,7 @@ def train_and_evaluate(
         compile_seconds=compile_seconds,
         loss_curve=state.loss_curve,
         val_curve=val_curve,
+        checkpoint_seconds=state.checkpoint_seconds,
     )
 
 
@@ -476,7 +483,7 @@ def _max(a: float | None, b: float | None) -> float | None:
 
 @dataclass
 class TrainState:
-    """What a checkpoint carries besides the model and the optimiser."""
+    """What a checkpoint carries besides the model and the optimiser (plain values only)."""
 
     epoch: int = 0  # completed epochs
     step: int = 0
@@ -487,9 +494,40 @@ class TrainState:
     world_size: int = 1  # the shards and the step count depend on it
     loss_curve: dict = field(default_factory=dict)  # GroupResult.loss_curve so far
     val_curve: list = field(default_factory=list)  # GroupResult.val_curve so far
+    checkpoint_seconds: float = 0.0  # spent writing checkpoints so far
+    saved_at: float = 0.0  # training seconds at the last checkpoint
+
+
+# At most one checkpoint per 10 minutes of training: a full fine-tuning of Swin-T writes
+# 337 MiB in about a second, so per-epoch checkpoints cost minutes per run; at this cadence
+# an interruption loses at most 10 minutes. Writing stays on the training thread: at one
+# write per 10 minutes its cost is under 0.2 % of the run, which a background writer (and
+# the copy of every tensor it needs) would not clearly win back.
+DEFAULT_CADENCE = ("seconds", 600.0)
+
+
+def should_checkpoint(
+    state: TrainState, every: int | tuple[str, float] | None, last: bool
+) -> bool:
+    """Whether to checkpoint at the end of the epoch that `state` just completed.
+
+    `every` is a number of epochs (0: never) or `("epochs", n)` / `("seconds", s)` of
+    training time since the last checkpoint (None: `DEFAULT_CADENCE`). Unless checkpoints
+    are off, the last epoch is always saved: evaluation and the record follow, and a run
+    interrupted there resumes with nothing to retrain (one write per run)."""
+    every = DEFAULT_CADENCE if every is None else every
+    kind, amount = ("epochs", every) if isinstance(every, int) else every
+    if amount <= 0:
+        return False
+    if last:
+        return True
+    if kind == "epochs":
+        return state.epoch % int(amount) == 0
+    return state.seconds - state.saved_at >= amount
 
 
 def _rng_state(device: torch.device) -> dict:
+    """The RNG states, as tensors (what `torch.load(weights_only=True)` reads back)."""
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
@@ -498,25 +536,48 @@ def save_checkpoint(
     path: Path, model: nn.Module, optimizer, state: TrainState, device: torch.device
 ) -> None:
     """Rank 0 writes the model, the optimiser (the same on every rank) and the RNG state
-    of every rank (a collective: every rank calls this)."""
+    of every rank (a collective: every rank calls this): tensors and plain values only.
+    The file is serialised in memory first, so that a full disk surfaces as the OSError
+    of the write (ENOSPC) rather than as an error inside torch's zip writer."""
+    state.saved_at = state.seconds
     rng = distributed.gather(_rng_state(device))
     if not distributed.is_main():
         return
-    blob = {
+    start = time.perf_counter()
+    buffer = io.BytesIO()
+    torch.save({
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "state": asdict(state),
         "rng": rng,
-    }
-    atomic_write(path, lambda f: torch.save(blob, f),
+    }, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()),
                  tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+    state.checkpoint_seconds += time.perf_counter() - start
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, device: torch.device) -> TrainState:
-    """Every rank loads the same file (the ranks share the results directory)."""
+    """Every rank loads the same file (the ranks share the results directory). Only tensors
+    and plain values are read (`weights_only=True`): a file that needs more (a pickled
+    object, which could run code) is refused and nothing in it runs."""
     world = distributed.current()
     try:
-        blob = torch.load(path, map_location=device, weights_only=False)
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():  # a damaged file rather than a refusal
+            raise UserError(
+                f"cannot resume from {path}: not a readable checkpoint; delete it or run "
+                "with force=true"
+            ) from None
+        raise UserError(
+            f"refusing to resume from {path}: it holds objects other than tensors and plain "
+            "values, which this suite never writes; delete it or run with force=true"
+        ) from None
+    except Exception as err:  # not a checkpoint, or a damaged file
+        raise UserError(
+            f"cannot resume from {path}: {type(err).__name__}; delete it or run with force=true"
+        ) from None
+    try:
         state = TrainState(**blob["state"])
         if state.world_size == world.size:
             model.load_state_dict(blob["model"])

@@ -20,7 +20,7 @@ from tests.conftest import ROOT, SMALL_DATA, run_cli
 # Long enough (in epochs) that a kill lands between two checkpoints.
 RESUMABLE = [
     "method=decoders_only", "budget=smoke", "budget.epochs=8", "budget.train_batches=4",
-    *SMALL_DATA, "progress=false",
+    *SMALL_DATA, "progress=false", "checkpoint_every=1",
 ]
 
 

@@ -48,7 +48,7 @@ def verify(overrides: Sequence[str], progress: bool = True) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
