@@ -506,6 +506,19 @@ class TrainState:
 DEFAULT_CADENCE = ("seconds", 600.0)
 
 
+def checkpoints_written(train_seconds: float, epochs: int) -> int:
+    """How many checkpoints `DEFAULT_CADENCE` writes in a run of `epochs` equal epochs that
+    train `train_seconds` in all: at the first epoch end after each full period, and after
+    the last epoch."""
+    period, per_epoch = DEFAULT_CADENCE[1], train_seconds / epochs
+    written, since = 0, 0.0
+    for epoch in range(1, epochs + 1):
+        since += per_epoch
+        if epoch == epochs or since >= period:
+            written, since = written + 1, 0.0
+    return written
+
+
 def should_checkpoint(
     state: TrainState, every: int | tuple[str, float] | None, last: bool
 ) -> bool:
