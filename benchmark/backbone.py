@@ -1,4 +1,4 @@
-"""The shared Swin backbone, built from timm, with post-merging stage outputs (SPEC 2.1).
+"""The shared Swin backbone, built from timm, with post-merging stage outputs (protocol §2.1).
 
 timm places each patch merging at the *start* of the next stage; the official Swin code
 that MTLoRA builds on places it at the *end* of the stage and hands the merged map to the
@@ -7,7 +7,7 @@ then the merging that timm keeps in stage i + 1 (none after the last stage). For
 448 px the four outputs are 192x56x56, 384x28x28, 768x14x14 and 768x14x14. timm's final
 norm and classifier head are dropped: the decoders never see them, so they are not counted.
 
-The stage loop also carries the *task streams* of SPEC 2.3: a stage whose last block
+The stage loop also carries the *task streams* of protocol §2.3: a stage whose last block
 returns `TaskStreams` hands every task its own merged map, while only the shared stream
 continues to the next stage (MTLoRA).
 """
@@ -135,7 +135,7 @@ def _warn_once(message: str) -> None:
 
 
 def require_weights(cfg: DictConfig, dataset: str) -> None:
-    """Real-data runs start from ImageNet weights (SPEC 2.1): stop when none were given,
+    """Real-data runs start from ImageNet weights (protocol §2.1): stop when none were given,
     naming the checkpoint to obtain, unless `backbone.weights=none` asks for random init."""
     if cfg.get("weights") is not None or dataset == "synthetic":
         return

@@ -1,4 +1,4 @@
-"""`python -m benchmark.evaluate dataset=NAME dataset.root=DIR predictions=DIR` (SPEC 5.1).
+"""`python -m benchmark.evaluate dataset=NAME dataset.root=DIR predictions=DIR` (protocol §5.1).
 
 Scores saved predictions, of any model, against the validation split of a real dataset at
 each image's original resolution, with the suite's meters (`benchmark.metrics`), and prints

@@ -1,4 +1,4 @@
-"""One run: a resolved configuration in, a result record out (SPEC 5.2).
+"""One run: a resolved configuration in, a result record out (protocol §5.2).
 
 configuration -> method -> data -> model(s) -> train -> evaluate -> Δm -> record. The
 single-task reference that Δm needs is itself a run: it is looked up by its own key and

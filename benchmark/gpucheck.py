@@ -89,8 +89,13 @@ def plan(cuda: bool, out: Path, gpus: int) -> list[tuple[str, list[str], int]]:
             ("torchrun", torchrun, 60 if cuda else 300), ("tests", pytest, 0)]
 
 
+# the checkout the test suite runs from, whatever the caller's working directory
+REPO = Path(__file__).resolve().parents[1]
+
+
 def run_step(name: str, command: list[str], limit: float, logs: Path) -> dict:
-    """Run one step with a time limit; its output goes to logs/<name>.log."""
+    """Run one step with a time limit; its output goes to logs/<name>.log. The test suite
+    runs in the checkout (its paths and `tests` imports are relative to it)."""
     log = logs / f"{name}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.perf_counter()
@@ -99,7 +104,8 @@ def run_step(name: str, command: list[str], limit: float, logs: Path) -> dict:
         f.flush()
         try:
             proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                  timeout=max(1.0, limit))
+                                  timeout=max(1.0, limit),
+                                  cwd=REPO if name == "tests" else None)
             status = proc.returncode
         except subprocess.TimeoutExpired:
             status = "timeout"

@@ -1,4 +1,4 @@
-"""Task losses and their weighted multi-task sum (SPEC 1.1).
+"""Task losses and their weighted multi-task sum (protocol §1.1).
 
 Predictions are at label resolution; label formats are those of ``benchmark.tasks``. Every
 loss is a mean over the *valid* pixels of the whole batch (not a mean of per-image means) and

@@ -1,7 +1,7 @@
 """Streaming evaluation meters for the dense-prediction tasks and the multi-task score Δm.
 
 Every meter accumulates sufficient statistics over a whole split and turns them into metrics
-only in :meth:`Meter.compute`. The protocol (SPEC 1.4, following the MTI-Net / ATRC evaluation
+only in :meth:`Meter.compute`. The protocol (protocol §1.4, following the MTI-Net / ATRC evaluation
 code that MTLoRA reports with):
 
 * ``semseg`` / ``human_parts`` -- one confusion matrix over the split (argmax of the logits

@@ -1,8 +1,8 @@
-"""The harness model: an encoder shaped by a method, and one decoder per task (SPEC 2).
+"""The harness model: an encoder shaped by a method, and one decoder per task (protocol §2).
 
 Every method plugs in through an *encoder* that maps a batch of images to each task's list
 of four stage maps. How the method shares computation between tasks is its encoder mode
-(SPEC 2.3):
+(protocol §2.3):
 
 - `shared`: one backbone pass, the same maps for every task (full FT, LoRA, adapters, ...);
 - `task_streams`: one pass whose task-specific branches leave the backbone at every stage
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from benchmark.data import DatasetInfo
     from methods.base import Method
 
-# MTLoRA's downsampler widths for Swin-T (embed_dim 96); they scale with embed_dim (SPEC 2.2).
+# MTLoRA's downsampler widths for Swin-T (embed_dim 96); they scale with embed_dim (protocol §2.2).
 DOWNSAMPLER_WIDTHS = (18, 36, 72, 144)
 
 
@@ -111,7 +111,7 @@ class PerTaskEncoder(Encoder):
 
 
 class Decoder(nn.Module):
-    """MTLoRA's per-task decoder: downsampler, then an HRNet-style head (SPEC 2.2).
+    """MTLoRA's per-task decoder: downsampler, then an HRNet-style head (protocol §2.2).
 
     1x1 convolutions (no bias) bring the four stage maps to `widths` channels; they are
     upsampled bilinearly to the largest map and concatenated; a 1x1 conv to 4x the summed

@@ -81,7 +81,7 @@ PAPER_EPOCHS = 300
 PAPER_BUDGET_IMAGES = PAPER_EPOCHS * 4_998
 PAPER_VAL_IMAGES = 5_105
 # datasheet dense peaks (FLOP/s) by device name and precision: H100 and H200 SXM
-SPEC_PEAKS = {
+SPEC_SHEET_PEAKS = {
     ("H100", "bf16"): 989e12, ("H100", "fp16"): 989e12, ("H100", "fp32"): 67e12,
     ("H200", "bf16"): 989e12, ("H200", "fp16"): 989e12, ("H200", "fp32"): 67e12,
 }
@@ -93,7 +93,7 @@ def spec_peak(device_name: str, precision: str) -> float | None:
     name = device_name.upper()
     if "PCIE" in name:
         return None
-    for (model, p), peak in SPEC_PEAKS.items():
+    for (model, p), peak in SPEC_SHEET_PEAKS.items():
         if model in name and p == precision:
             return peak
     return None

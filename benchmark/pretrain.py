@@ -1,4 +1,4 @@
-"""`python -m benchmark.pretrain [key=value ...]`: pre-train `swin_micro` upstream (SPEC 1.3).
+"""`python -m benchmark.pretrain [key=value ...]`: pre-train `swin_micro` upstream (protocol §1.3).
 
 On PASCAL the backbone arrives pre-trained on ImageNet; on the synthetic benchmark it
 arrives pre-trained on the synthetic *upstream* task: classifying the shape of a single

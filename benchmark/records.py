@@ -1,4 +1,4 @@
-"""Result records (SPEC 5.2): where a run's record lives, and writing and reading it.
+"""Result records (protocol §5.2): where a run's record lives, and writing and reading it.
 
 A run's directory is named by what determines its result: the method and its options, the
 dataset, the backbone, the budget, the seed and the sha256 of the weights it starts from

@@ -1,4 +1,4 @@
-"""`python -m benchmark.report [results_dir=results] [output_dir=reports]` (SPEC 5.3).
+"""`python -m benchmark.report [results_dir=results] [output_dir=reports]` (protocol §5.3).
 
 Reads result records only (never the training code) and writes, per comparison group
 (dataset, tasks, backbone, budget):
@@ -17,7 +17,7 @@ Seeds are aggregated as the mean with its 95 % Student t interval (`benchmark.st
 each configuration is compared, paired over the seeds, with the best one and with full
 fine-tuning; one that cannot be told apart from the best is marked as tied. With one seed the
 page says so and prints the command that runs three (`benchmark.rerun`, which reads the
-shipped config files to name only the overrides that differ). Δm (SPEC 1.4) is recomputed
+shipped config files to name only the overrides that differ). Δm (protocol §1.4) is recomputed
 from the metrics against the single-task reference of the same group, matched by seed, or
 the mean of the references when that seed has none; the `delta_m` stored in a record is never
 used. Failed runs are listed as failed rows with their error. A malformed record is named on
@@ -55,7 +55,7 @@ FULL_FT = "full_ft"
 MISSING = "–"
 
 # MTLoRA (Agiza, Neseem and Reda, CVPR 2024), Table 1: PASCAL-Context, Swin-T with
-# ImageNet-1k weights, 448x448, 300 epochs; quoted in SPEC 3.2. Metrics are semseg mIoU,
+# ImageNet-1k weights, 448x448, 300 epochs; quoted in protocol §3.2. Metrics are semseg mIoU,
 # human_parts mIoU, sal mIoU and the normals mean angle; `delta_m` is the printed Δm (%),
 # `trainable_m` the printed count (M). `label` is the record label of our configuration.
 PUBLISHED_PASCAL_SWIN_T = {
@@ -927,7 +927,7 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
         "",
         "## Relative performance",
         "",
-        "Δm (SPEC 1.4) is recomputed here from each run's metrics against the single-task "
+        "Δm (protocol §1.4) is recomputed here from each run's metrics against the single-task "
         "reference of the same seed. Rows are sorted by mean Δm; the best mean of each column "
         "is bold; ↑/↓ mark the direction of better. Trainable parameters include the "
         "decoders.",
@@ -979,8 +979,8 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
             "## Beside the published numbers",
             "",
             f"Published: {PUBLISHED_PASCAL_SWIN_T['source']} (PASCAL-Context, Swin-T, "
-            "ImageNet-1k weights, 448x448, 300 epochs), as quoted in SPEC 3.2. "
-            "\"printed\" is the paper's Δm; \"recomputed\" applies SPEC 1.4 to the printed "
+            "ImageNet-1k weights, 448x448, 300 epochs), as quoted in protocol §3.2. "
+            "\"printed\" is the paper's Δm; \"recomputed\" applies protocol §1.4 to the printed "
             "metrics (for full fine-tuning it gives +2.45, not the printed +2.23); ours is "
             f"recomputed against our own single-task reference, budget `{group.budget}`.",
             "",

@@ -1,4 +1,4 @@
-"""The dense-prediction tasks of the protocol (SPEC 1.1, 1.2, 1.4).
+"""The dense-prediction tasks of the protocol (protocol §1.1, 1.2, 1.4).
 
 One place names every task: its label format, its loss weight in the paper recipe and the
 primary metric that enters the multi-task score. Losses, meters, the Δm score and the report
@@ -28,8 +28,8 @@ IGNORE_INDEX = 255
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    loss_weight: float  # SPEC 1.1 (depth: MTI-Net's NYUD recipe, weight 1)
-    primary: str  # metric key of the Δm score (SPEC 1.4)
+    loss_weight: float  # protocol §1.1 (depth: MTI-Net's NYUD recipe, weight 1)
+    primary: str  # metric key of the Δm score (protocol §1.4)
     higher_is_better: bool
 
     @property
@@ -45,8 +45,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("sal", 5.0, "miou", True),
         TaskSpec("normals", 10.0, "mean", False),
         TaskSpec("depth", 1.0, "rmse", False),
-        # SPEC lists no primary metric for the optional edge task; the pixel-level maxF is the
-        # closest one this suite computes (see benchmark.metrics.EdgeMeter).
+        # the papers name no primary metric for the optional edge task; the pixel-level maxF
+        # is the closest one this suite computes (see benchmark.metrics.EdgeMeter).
         TaskSpec("edge", 50.0, "maxf", True),
     )
 }

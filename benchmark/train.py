@@ -1,10 +1,10 @@
-"""Training and evaluation of one model (SPEC 4), read top to bottom.
+"""Training and evaluation of one model (protocol §4), read top to bottom.
 
 AdamW (betas 0.9/0.999, eps 1e-8) with weight decay on matrices only; the learning rates
 of the budget scaled by batch * world / 512; linear warm-up then cosine decay, per step;
 gradient-norm clipping; the precision of `benchmark.precision` (bf16 autocast on CUDA by
 default, fp16 with a gradient scaler, or fp32; evaluation in fp32); the task-weighted loss
-of SPEC 1.1; metrics from streaming meters over the validation split.
+of protocol §1.1; metrics from streaming meters over the validation split.
 
 How fast it runs (`Execution`, none of which changes what is computed beyond rounding):
 the training loop never waits for the device except once per epoch (the epoch's loss);

@@ -1,5 +1,5 @@
 """Houlsby adapters shared by the tasks (Houlsby et al.: "Parameter-Efficient Transfer
-Learning for NLP", ICML 2019), the `adapter` row of SPEC 3.2 (Polyhistor's and MTLoRA's
+Learning for NLP", ICML 2019), the `adapter` row of protocol §3.2 (Polyhistor's and MTLoRA's
 "Adapter" baseline).
 
 One frozen Swin encoder shared by every task (`shared` mode). Every block gets two bottleneck

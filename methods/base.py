@@ -1,8 +1,8 @@
 """The interface through which a method shapes the shared encoder.
 
-A method is a small class: it receives the pre-trained `SwinBackbone` (SPEC 2.1) and the
+A method is a small class: it receives the pre-trained `SwinBackbone` (protocol §2.1) and the
 task list, injects whatever layers it needs, decides which backbone parameters train, and
-returns an encoder in one of the three modes of SPEC 2.3 (`benchmark.model`). The harness
+returns an encoder in one of the three modes of protocol §2.3 (`benchmark.model`). The harness
 builds the decoders (always trained), the optimiser, the loop and the evaluation, so a
 method file holds only what is particular to the method.
 

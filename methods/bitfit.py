@@ -1,5 +1,5 @@
 """BitFit (Ben Zaken et al.: "BitFit: Simple Parameter-efficient Fine-tuning for
-Transformer-based Masked Language-models", ACL 2022), the `bitfit` row of SPEC 3.2.
+Transformer-based Masked Language-models", ACL 2022), the `bitfit` row of protocol §3.2.
 
 One frozen Swin encoder shared by every task (`shared` mode) in which only the bias terms
 train: the biases of the attention `qkv` and `proj`, of the MLP `fc1` and `fc2`, of every

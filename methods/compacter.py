@@ -1,5 +1,5 @@
 """Compacter and Compacter++ (Mahabadi et al.: "Compacter: Efficient Low-Rank Hypercomplex
-Adapter Layers", NeurIPS 2021), the `compacter` and `compacter_pp` rows of SPEC 3.2, built
+Adapter Layers", NeurIPS 2021), the `compacter` and `compacter_pp` rows of protocol §3.2, built
 as the official code's released configurations build them.
 
 One frozen Swin encoder shared by every task (`shared` mode) with bottleneck adapters,

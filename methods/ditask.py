@@ -10,7 +10,7 @@ CPAB diffeomorphism of the index axis of the sorted spectrum (`methods.cpab.warp
 the largest and the smallest singular value stay, the order is kept. A qkv weight (3C x C)
 is split into its q, k and v blocks, each decomposed and warped by the same theta.
 
-Structure (MTLoRA's, `methods.mtlora`; task streams, SPEC 2.3):
+Structure (MTLoRA's, `methods.mtlora`; task streams, protocol §2.3):
 
 - Shared warp: in every block, qkv, proj, fc1 and fc2 each have their own theta of
   `tessellation` - 1 values (64 cells: 63).

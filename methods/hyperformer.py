@@ -1,6 +1,6 @@
 """HyperFormer (Karimi Mahabadi, Ruder, Dehghani, Henderson: "Parameter-efficient Multi-task
 Fine-tuning for Transformers via Shared Hypernetworks", ACL 2021), the `hyperformer` row of
-SPEC 3.2 (72.77 M trainable for Swin-T on PASCAL-Context, as reported in the Polyhistor
+protocol §3.2 (72.77 M trainable for Swin-T on PASCAL-Context, as reported in the Polyhistor
 paper, whose baseline this is), built as the official code's released `hyperformer`
 configuration builds it for T5, ported to Swin's stages.
 
@@ -31,7 +31,7 @@ positions). For task tau and block l:
   (`unfreeze_layer_norms`); everything else is frozen. Everything is recomputed at every
   forward pass.
 
-Our port (`per_task` mode, SPEC 2.3): the task decides the encoder's weights, so the
+Our port (`per_task` mode, protocol §2.3): the task decides the encoder's weights, so the
 encoder runs one pass per task, batched across tasks (`methods.adapters.HyperEncoder`: the
 generator runs once per forward pass and each adapter gathers its samples' weights by task
 id). Choices the official code leaves open for Swin, and ours:

@@ -1,5 +1,5 @@
 """LoRA shared by all tasks (Hu et al.: "LoRA: Low-Rank Adaptation of Large Language
-Models", ICLR 2022), the `lora` baseline of SPEC 3.2 and of MTLoRA's Table 1.
+Models", ICLR 2022), the `lora` baseline of protocol §3.2 and of MTLoRA's Table 1.
 
 One frozen Swin encoder shared by every task; each targeted linear of every block becomes
 `W x + b + s * B A dropout(x)` (`methods.lowrank.LoRALinear`): A Kaiming-uniform
@@ -24,7 +24,7 @@ Options and defaults:
   2,865,152 (-4,848). Neither set of layers reaches 2.87 M exactly (their steps are
   26,496 and 17,664 parameters per rank), and 2.87 M is itself rounded.
 - `scale`: the fixed multiplier s, default 4.0, the value MTLoRA uses for its TA-LoRA
-  (SPEC 3.1), so that the two methods differ in structure rather than step size. `alpha`
+  (protocol §3.1), so that the two methods differ in structure rather than step size. `alpha`
   instead sets s = alpha / rank, Hu et al.'s parametrisation; give one or the other.
 - `dropout`: on the LoRA input, default 0.05 (as MTLoRA).
 """

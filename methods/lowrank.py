@@ -5,7 +5,7 @@
   the update starts at exactly zero and the adapted network starts as the pre-trained one.
 - `LoRALinear`: a frozen `nn.Linear` plus one `LowRank` update on the dropped-out input;
   its update can be merged into the frozen weight for inference.
-- `MultiTaskLoRALinear`: MTLoRA's linear (Agiza et al., CVPR 2024; SPEC 3.1): one frozen
+- `MultiTaskLoRALinear`: MTLoRA's linear (Agiza et al., CVPR 2024; protocol §3.1): one frozen
   product on the shared stream, a task-agnostic update for the shared output and one
   task-specific update per task.
 - `DoRALinear`, `MultiTaskDoRALinear`: the weight-decomposed variants of the two layers
@@ -128,7 +128,7 @@ class LoRALinear(nn.Module):
 
 
 class MultiTaskLoRALinear(nn.Module):
-    """MTLoRA's multi-task low-rank linear (SPEC 3.1).
+    """MTLoRA's multi-task low-rank linear (protocol §3.1).
 
     With frozen W, b, shared-stream input x and optional task inputs x_t:
 

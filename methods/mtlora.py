@@ -1,5 +1,5 @@
 """MTLoRA and MTLoRA+ (Agiza, Neseem, Reda: "MTLoRA: Low-Rank Adaptation Approach for
-Efficient Multi-Task Learning", CVPR 2024), as its official implementation behaves (SPEC 3.1).
+Efficient Multi-Task Learning", CVPR 2024), as its official implementation behaves (protocol §3.1).
 
 Layers:
 
@@ -83,7 +83,7 @@ from methods.lowrank import (
 )
 
 # The shared-path linears of every block, and the subset that also has task paths in the
-# last block of a stage (SPEC 3.1).
+# last block of a stage (protocol §3.1).
 TA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 TS_TARGETS = ("attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -135,7 +135,7 @@ class TaskStreamBlock(nn.Module):
 
 
 class MTLoRA(Method):
-    # SPEC 3.1 / the paper's Table 1, Swin-T on PASCAL-Context with task_rank 4
+    # protocol §3.1 / the paper's Table 1, Swin-T on PASCAL-Context with task_rank 4
     PAPER_TRAINABLE_M = {16: 4.95, 32: 6.08, 64: 8.34}
     adapt_merging = False  # MTLoRA+ freezes the merging reductions and gives them TA-LoRA
     short_name = "mtlora"
@@ -217,9 +217,9 @@ class MTLoRA(Method):
 
 
 class MTLoRAPlus(MTLoRA):
-    """MTLoRA+: the merging reductions are frozen and adapted by TA-LoRA (SPEC 3.1)."""
+    """MTLoRA+: the merging reductions are frozen and adapted by TA-LoRA (protocol §3.1)."""
 
-    # SPEC 3.1: the official configuration's counts for Swin-T / PASCAL with task_rank 4
+    # protocol §3.1: the official configuration's counts for Swin-T / PASCAL with task_rank 4
     PAPER_TRAINABLE_M = {16: 3.47, 32: 4.66, 64: 7.05}
     adapt_merging = True
     short_name = "mtlora+"

@@ -1,6 +1,6 @@
 """Polyhistor and Polyhistor-Lite (Liu et al.: "Polyhistor: Parameter-Efficient Multi-Task
 Adaptation for Dense Vision Tasks", NeurIPS 2022), the `polyhistor` and `polyhistor_lite`
-rows of SPEC 3.2.
+rows of protocol §3.2.
 
 No official code exists; this is our reading of the paper, and every choice it leaves open
 is listed here.
@@ -8,7 +8,7 @@ is listed here.
 Adapters. Every block of the frozen Swin gets two bottleneck adapters, after attention and
 after the MLP (`methods.adapters.insert_adapters`, the placement of the `adapter` baseline),
 `x + up(gelu(down(x)))` with down d x m, up m x d and m = d // `reduction`. Their weights are
-task-specific and generated, so the encoder runs one pass per task (`per_task`, SPEC 2.3),
+task-specific and generated, so the encoder runs one pass per task (`per_task`, protocol §2.3),
 batched across tasks: once per forward pass the hypernetworks emit every task's weights of
 every adapter, and each adapter gathers its samples' weights by task id
 (`methods.adapters.HyperEncoder`, `TaskAdapter`).

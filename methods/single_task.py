@@ -1,4 +1,4 @@
-"""Single-task models: the reference of the multi-task score Δm (SPEC 1.4, 3.2).
+"""Single-task models: the reference of the multi-task score Δm (protocol §1.4, 3.2).
 
 One complete model per task (its own fully fine-tuned Swin encoder and its decoder), each
 trained on its own loss only, with its own optimiser, schedule and gradient clipping, exactly

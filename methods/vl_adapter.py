@@ -1,5 +1,5 @@
 """VL-Adapter (Sung et al.: "VL-Adapter: Parameter-Efficient Transfer Learning for
-Vision-and-Language Tasks", CVPR 2022), the `vl_adapter` row of SPEC 3.2.
+Vision-and-Language Tasks", CVPR 2022), the `vl_adapter` row of protocol §3.2.
 
 VL-Adapter compares, in one multi-task model, "multiple adapters" (a set per task),
 "half-shared" ones and a "single adapter": one set of bottleneck adapters shared by all
@@ -11,7 +11,7 @@ attention and one after the MLP, the same for every task.
 How it differs from `adapter` here. Structurally it is the same module at the same place:
 Houlsby's bottleneck `x + up(gelu(down(x)))`, put before each drop-path of the block
 (`methods.adapters`), initialised near the identity (std 1e-2), with every LayerNorm
-trained; VL-Adapter's point, sharing one set across the tasks, is already how SPEC 3.2
+trained; VL-Adapter's point, sharing one set across the tasks, is already how protocol §3.2
 defines the `adapter` baseline. What differs is the bottleneck, and it is what the two
 published rows (11.24 M against 4.74 M) can only differ by: `vl_adapter` defaults to
 `reduction` 3 (bottlenecks 32, 64, 128, 256 for Swin-T's stages), `adapter` to 1.

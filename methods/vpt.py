@@ -1,5 +1,5 @@
 """Visual Prompt Tuning (Jia et al.: "Visual Prompt Tuning", ECCV 2022), the `vpt_shallow`
-and `vpt_deep` rows of SPEC 3.2 (baselines of the Polyhistor and MTLoRA tables).
+and `vpt_deep` rows of protocol §3.2 (baselines of the Polyhistor and MTLoRA tables).
 
 One frozen Swin encoder shared by every task (`shared` mode) and learned prompt tokens, as
 the official code's prompted Swin builds them. Trains: the prompts only, plus the decoders

@@ -13,7 +13,7 @@ TASKS = ["semseg", "human_parts", "sal", "normals"]
 OUTPUTS = {"semseg": 5, "human_parts": 7, "sal": 1, "normals": 3}
 PASCAL_SWIN_T = ["dataset=pascal_context", "backbone=swin_tiny"]
 
-# Swin-T (SPEC 2.1): block widths, stage widths, attention heads per block.
+# Swin-T (protocol §2.1): block widths, stage widths, attention heads per block.
 SWIN_T_BLOCKS = [96] * 2 + [192] * 2 + [384] * 6 + [768] * 2
 SWIN_T_STAGES = [96, 192, 384, 768]
 SWIN_T_HEADS = [3] * 2 + [6] * 2 + [12] * 6 + [24] * 2
@@ -26,7 +26,7 @@ SWIN_T_PATCH_CONV = 3 * 4 * 4 * 96 + 96  # 4 x 4 patches of RGB to 96 channels, 
 SWIN_T_RELATIVE_POSITIONS = (2 * 7 - 1) ** 2 * sum(SWIN_T_HEADS)  # window 7: 169 per head
 # The patch-merging reductions 4 d -> 2 d (no bias) after stages 1-3.
 SWIN_T_REDUCTIONS = sum(4 * d * 2 * d for d in SWIN_T_STAGES[:3])
-# The decoders of MTLoRA's code for Swin-T on PASCAL-Context (SPEC 2.2).
+# The decoders of MTLoRA's code for Swin-T on PASCAL-Context (protocol §2.2).
 DECODERS = 1_946_624
 
 
@@ -37,7 +37,7 @@ def ts_lora(task_rank: int = 4, tasks: int = 4) -> int:
 
 
 def expected_mtlora(rank: int, plus: bool, task_rank: int = 4, tasks: int = 4) -> int:
-    """Trainable parameters of MTLoRA (or MTLoRA+) on Swin-T and PASCAL (SPEC 3.1)."""
+    """Trainable parameters of MTLoRA (or MTLoRA+) on Swin-T and PASCAL (protocol §3.1)."""
     # TA-LoRA on qkv (d -> 3d), proj, fc1, fc2 of every block: r (4d + 2d + 5d + 5d)
     ta_lora = 16 * rank * sum(SWIN_T_BLOCKS)
     # MTLoRA trains the merging reductions in full, MTLoRA+ puts TA-LoRA on them: r (4d + 2d)

@@ -1,4 +1,4 @@
-"""The command-line contracts of SPEC 5.1: sweeps, records, bad input, params, report."""
+"""The command-line contracts of protocol §5.1: sweeps, records, bad input, params, report."""
 
 import json
 

@@ -305,8 +305,8 @@ def test_task_streams_follow_the_official_structure():
 
 
 def unused_prefixes(stages: int = 4, depth: int = 2) -> tuple[str, ...]:
-    """The trainable parameters the official code never gives a gradient (SPEC: every qkv's
-    task thetas; the shared thetas of proj, fc1, fc2 in the very last block)."""
+    """The trainable parameters the official code never gives a gradient (every qkv's task
+    thetas; the shared thetas of proj, fc1, fc2 in the very last block)."""
     root = "encoder.backbone.stages"
     qkv = [f"{root}.{s}.blocks.{b}.{'block.' if b == depth - 1 else ''}attn.qkv.task_theta."
            for s in range(stages) for b in range(depth)]

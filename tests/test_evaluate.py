@@ -1,4 +1,4 @@
-"""`python -m benchmark.evaluate` (SPEC 5.1): saved predictions scored against hand-computed
+"""`python -m benchmark.evaluate` (protocol §5.1): saved predictions scored against hand-computed
 metrics at the original resolution."""
 
 from __future__ import annotations

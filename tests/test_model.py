@@ -35,7 +35,7 @@ def tiny_backbone(image_size: int = 32) -> SwinBackbone:
 
 
 def test_swin_tiny_stage_outputs_follow_the_official_layout():
-    # SPEC 2.1: 192x56x56, 384x28x28, 768x14x14, 768x14x14 at 448 px, after each merging.
+    # protocol §2.1: 192x56x56, 384x28x28, 768x14x14, 768x14x14 at 448 px, after each merging.
     with torch.device("meta"):
         backbone = build_backbone(arch("swin_tiny"), 448, 0.0, load_weights=False)
         maps = backbone(torch.empty(2, 3, 448, 448), ["semseg"])["semseg"]

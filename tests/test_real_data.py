@@ -1,4 +1,4 @@
-"""Real-data loaders on small generated trees in the public releases' layouts (SPEC 1.1, 1.2):
+"""Real-data loaders on small generated trees in the public releases' layouts (protocol §1.1, 1.2):
 labels pixel by pixel, the preprocessed cache, batched augmentation, `verify`, smoke runs."""
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _human_parts(path: Path, image_id: str, case: int, shape) -> np.ndarray:
 
 
 def make_pascal_tree(root: Path) -> dict[str, dict[str, np.ndarray]]:
-    """A PASCAL_MT tree (SPEC 1.1) of 6 train and 4 val images; the expected labels."""
+    """A PASCAL_MT tree (protocol §1.1) of 6 train and 4 val images; the expected labels."""
     for folder in ("JPEGImages", "ImageSets/Context", "semseg/VOC12", "semseg/pascal-context",
                    "human_parts", "sal_distill", "normals_distill", "pascal-context/trainval"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def make_pascal_tree(root: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def make_nyud_tree(root: Path, edge: bool = True) -> dict[str, dict[str, np.ndarray]]:
-    """A NYUD_MT tree (SPEC 1.2) of 6 train and 4 val images; the expected labels."""
+    """A NYUD_MT tree (protocol §1.2) of 6 train and 4 val images; the expected labels."""
     for folder in ("images", "gt_sets", "segmentation", "depth", "normals", "edge"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "gt_sets/train.txt").write_text("\n".join(NYUD_TRAIN) + "\n")

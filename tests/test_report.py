@@ -1,4 +1,4 @@
-"""The report (SPEC 5.3): Δm recomputed from records, seed aggregation, Pareto fronts, the
+"""The report (protocol §5.3): Δm recomputed from records, seed aggregation, Pareto fronts, the
 CSV contract, failed and malformed records, bad input, and byte-identical regeneration."""
 
 import csv
@@ -13,7 +13,7 @@ from benchmark import report
 from benchmark.plots import pareto_front
 
 TASKS = ["semseg", "human_parts", "sal", "normals"]
-# SPEC 3.2 (MTLoRA, CVPR 2024, Table 1): label -> (method, semseg, parts, sal, normals)
+# protocol §3.2 (MTLoRA, CVPR 2024, Table 1): label -> (method, semseg, parts, sal, normals)
 PUBLISHED = {
     "single task": ("single_task", 67.21, 61.93, 62.35, 17.97),
     "full_ft": ("full_ft", 67.56, 60.24, 65.21, 16.64),

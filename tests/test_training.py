@@ -27,7 +27,7 @@ def test_lr_schedule_scales_warms_up_and_decays_to_the_minimum():
     assert lr_at(60) == pytest.approx((5e-6 + 0.5 * (5e-4 - 5e-6)) * scale)  # half-way cosine
     assert lr_at(100) == pytest.approx(5e-6 * scale)
     assert all(lr_at(s) >= lr_at(s + 1) for s in range(20, 100))
-    # world size scales like batch size (SPEC 4)
+    # world size scales like batch size (protocol §4)
     assert lr_schedule(budget, 10, world_size=4)(20) == pytest.approx(4 * 5e-4 * scale)
 
 

@@ -1,4 +1,4 @@
-"""Pre-trained backbones from local files (SPEC 2.1): timm state dicts in every container,
+"""Pre-trained backbones from local files (protocol §2.1): timm state dicts in every container,
 the official Microsoft layout, window-size changes, wrong architectures, missing weights."""
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ depth); `BatchLoader` gathers shuffled batches from them, applies the train-time
 augmentation on the whole batch, on the device, and converts it to the label formats of
 `benchmark.tasks`. The trainer never needs to know which dataset it has:
 
-- `synthetic` (SPEC 1.3): rendered at the model's input size; the only augmentation is a
+- `synthetic` (protocol §1.3): rendered at the model's input size; the only augmentation is a
   horizontal flip (negating the x component of normals).
-- `pascal_context` (SPEC 1.1) and `nyud` (SPEC 1.2): decoded once from `dataset.root` into
+- `pascal_context` (protocol §1.1) and `nyud` (protocol §1.2): decoded once from `dataset.root` into
   a memory-mapped cache (`benchmark.data.prepared`), images of varying size on one canvas
   per split. Batches are resized to `dataset.image_size` square, and training batches are
   flipped, rotated and scaled on the way (`benchmark.data.transforms`). With

@@ -1,4 +1,4 @@
-"""NYUD-v2 multi-task in the layout of the MTI-Net / ASTMT release (SPEC 1.2).
+"""NYUD-v2 multi-task in the layout of the MTI-Net / ASTMT release (protocol §1.2).
 
 Under the root (`NYUD_MT.tgz`):
 

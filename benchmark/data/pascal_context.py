@@ -1,4 +1,4 @@
-"""PASCAL-Context multi-task in the layout of the PASCAL multi-task release (SPEC 1.1).
+"""PASCAL-Context multi-task in the layout of the PASCAL multi-task release (protocol §1.1).
 
 Under the root (`PASCAL_MT.tgz`, published by the ASTMT authors):
 
@@ -10,7 +10,7 @@ Under the root (`PASCAL_MT.tgz`, published by the ASTMT authors):
     normals_distill/<id>.png                RGB, v -> v*2/255-1
     pascal-context/trainval/<id>.mat        `LabelMap`, the 459-class Context labels
 
-Labels, as SPEC 1.1 defines them:
+Labels, as protocol §1.1 defines them:
 
 - `human_parts`: zeros (background) over the image; every *person* (`class_ind` 15) that has
   parts writes each part's group id (1 head, 2 torso, 3 upper arm, 4 lower arm, 5 upper leg,
@@ -43,7 +43,7 @@ from benchmark.data.layout import (
 
 PERSON_CLASS = 15  # VOC class index of person
 NUM_CLASSES = 21
-# SPEC 1.1: PASCAL-Part part names -> the six human-part groups.
+# protocol §1.1: PASCAL-Part part names -> the six human-part groups.
 PART_GROUPS: dict[str, int] = {
     **dict.fromkeys(
         ("hair", "head", "lear", "rear", "lebrow", "rebrow", "leye", "reye", "mouth", "nose"), 1
@@ -59,12 +59,12 @@ VALID_CLASSES_FILE = Path(__file__).with_name("pascal_context_normals_valid_clas
 
 @lru_cache(maxsize=1)
 def normals_valid_classes() -> np.ndarray:
-    """The Context class ids on which the distilled normals are ground truth (SPEC 1.1)."""
+    """The Context class ids on which the distilled normals are ground truth (protocol §1.1)."""
     return np.array(sorted(json.loads(VALID_CLASSES_FILE.read_text())["valid_ids"]))
 
 
 def human_parts_map(mat: dict, shape: tuple[int, int], path: Path) -> np.ndarray:
-    """The six-group part map of a PASCAL-Part `anno` struct (SPEC 1.1)."""
+    """The six-group part map of a PASCAL-Part `anno` struct (protocol §1.1)."""
     try:
         objects = mat["anno"][0, 0]["objects"]
     except (KeyError, IndexError, ValueError) as err:

@@ -1,4 +1,4 @@
-"""Batched geometry for images of varying size: resize, flip, rotation and scale (SPEC 1.1).
+"""Batched geometry for images of varying size: resize, flip, rotation and scale (protocol §1.1).
 
 The prepared arrays of a real dataset hold every image of a split in the top-left corner of
 one canvas, with each image's true size beside it (`benchmark.data.prepared`). A batch is
@@ -64,8 +64,8 @@ class Geometry:
     """How the images of a split, of varying size, become batches of one size."""
 
     size: int  # side of the square model input
-    max_rotation: float = 20.0  # degrees, SPEC 1.1
-    scale: tuple[float, float] = (0.75, 1.25)  # SPEC 1.1
+    max_rotation: float = 20.0  # degrees, protocol §1.1
+    scale: tuple[float, float] = (0.75, 1.25)  # protocol §1.1
     flip: bool = True
     normals_y: str = "down"  # image direction of the normals' +y axis
     original_resolution: bool = False  # score at each image's own size (else at `size`)
