@@ -3,6 +3,7 @@
 #             make bench SWEEP=full runs every method of the suite instead; make bench SEEDS=3
 #             runs seeds 0, 1 and 2 of each (default: one seed).
 # make test:  set up .venv, lint, run the test suite.
+# make test-fast: the same without the end-to-end runs marked slow (a quick loop while editing).
 # make gpu-check: verify this machine's GPU path in at most 8 minutes (reduced on a CPU);
 #             figures, records, logs and summary.md in GPUCHECK_DIR and GPUCHECK_DIR.tar.gz.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -12,7 +13,7 @@ SWEEP ?= default
 GPUCHECK_DIR ?= gpucheck
 SEEDS ?= 1
 
-.PHONY: bench test setup report clean-venv gpu-check
+.PHONY: bench test test-fast setup report clean-venv gpu-check
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,10 @@ report: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 gpu-check:
 	python3 -m benchmark.gpucheck output_dir=$(GPUCHECK_DIR)

@@ -180,16 +180,6 @@ class Meter(ABC):
         """
         return list(self._state.values())
 
-    def merge_(self, other: Meter) -> Meter:
-        """Add the state of a meter of the same kind to this one; returns ``self``."""
-        mine, theirs = self.state_tensors(), other.state_tensors()
-        if type(self) is not type(other) or [t.shape for t in mine] != [t.shape for t in theirs]:
-            raise ValueError("can only merge meters of the same kind and configuration")
-        for a, b in zip(mine, theirs, strict=True):
-            a.add_(b.to(a.device))
-        self._fresh = False
-        return self
-
     def all_reduce_(self, group=None) -> Meter:
         """Sum the state over all processes of ``group`` (no-op outside torch.distributed)."""
         import torch.distributed as dist
