@@ -32,7 +32,8 @@ def test_targets_are_judged_from_the_rows():
             _row("mtlora", paper_budget_hours=0.6), _row("single_task", paper_budget_hours=1.2),
             _row("decoders_only", paper_budget_hours=0.2)]
     records = {"train": {m: [] for m in gpucheck.TRAINED}, "torchrun": {"mtlora": []}}
-    steps = {"torchrun": {"status": 0}, "tests": {"status": 0, "last_line": "10 passed"}}
+    steps = {"train": {"status": 0}, "torchrun": {"status": 0},
+             "tests": {"status": 0, "last_line": "10 passed"}}
     table = {name: (value, met) for name, value, met in
              gpucheck.targets(rows, steps, records, cuda=True)}
     by = {name.split(" ")[0] + name.split(" ")[3] if "paper" in name else name.split(" ")[0]:
@@ -46,6 +47,13 @@ def test_targets_are_judged_from_the_rows():
     # without CUDA nothing is judged
     off = gpucheck.targets(rows, steps, records, cuda=False)
     assert [met for _, _, met in off[:5]] == [None] * 5
+    # the trainings and torchrun ran and are judged; a step left out of `steps=` is not
+    # measured rather than missed
+    assert [met for _, _, met in gpucheck.targets(rows, steps, records, cuda=True)[5:]] == [
+        True, True, True]
+    partial = {k: v for k, v in steps.items() if k != "torchrun"}
+    judged = gpucheck.targets(rows, partial, {"train": records["train"], "torchrun": {}}, True)
+    assert [met for _, _, met in judged[5:]] == [True, None, True]
 
 
 def test_a_record_with_a_non_finite_or_out_of_range_metric_is_not_sane():
