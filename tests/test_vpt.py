@@ -223,5 +223,6 @@ def test_overfits_a_tiny_batch(cls):
 def test_invalid_options_are_refused():
     with pytest.raises(ValueError, match="num_prompts"):
         VPTDeep(num_prompts=0)
-    with pytest.raises(UserError, match="method vpt_shallow: num_prompts"):
+    with pytest.raises(UserError,
+                       match=r"method vpt_shallow: num_prompts|method\.num_prompts must "):
         compose_all(expand(["method=vpt_shallow", "method.num_prompts=2.5"]))
