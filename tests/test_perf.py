@@ -162,3 +162,18 @@ def test_the_checkpoints_of_the_default_cadence_are_counted_as_the_loop_writes_t
     assert checkpoints_written(6000.0, 3) == 3
     # 7 epochs of 100 s: after epoch 6 (600 s) and after the last
     assert checkpoints_written(700.0, 7) == 2
+
+
+def test_a_grouped_convolution_backward_costs_twice_its_forward():
+    from benchmark.perf import _flops
+
+    for groups in (1, 64):
+        w = torch.randn(64, 64 // groups, 3, 3, requires_grad=True)
+        x = torch.randn(2, 64, 16, 16, requires_grad=True)
+        # forward: 2 * batch * out_channels * (in_channels / groups) * 3 * 3 * 16 * 16
+        forward = 2 * 2 * 64 * (64 // groups) * 9 * 256
+        assert _flops(lambda w=w, x=x, g=groups: torch.nn.functional.conv2d(
+            x, w, padding=1, groups=g)) == forward
+        total = _flops(lambda w=w, x=x, g=groups: torch.nn.functional.conv2d(
+            x, w, padding=1, groups=g).sum().backward())
+        assert total == 3 * forward  # forward, input gradient, weight gradient
