@@ -272,7 +272,7 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
     the forward costs (the weight's shape already holds the grouping). PyTorch's own
     formula ignores `groups` here and counts a depthwise convolution's backward as if it
     were dense (65x the forward at 64 groups), which inflated TADFormer's per-sample
-    depthwise filters to 12 GFLOP per image."""
+    depthwise filters (grouped per sample) to tens of GFLOP per image at 64 px."""
     forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
