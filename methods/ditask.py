@@ -56,7 +56,7 @@ from benchmark.backbone import SwinBackbone
 from benchmark.model import Encoder
 from methods.base import Method, freeze, positive_ints, unfreeze_norms
 from methods.cpab import warp_signal
-from methods.lowrank import _dropout, _frozen, inject
+from methods.lowrank import FrozenLinearWrapper, _dropout, _frozen, inject
 from methods.mtlora import TS_TARGETS, TaskStreamBlock
 
 
@@ -67,7 +67,7 @@ def cpab_theta(cells: int, like: Tensor) -> nn.Parameter:
     return theta
 
 
-class DiTASKLinear(nn.Module):
+class DiTASKLinear(FrozenLinearWrapper):
     """`y = U diag(warp(s, theta)) V^T dropout(x) + b` for frozen W = U diag(s) V^T and b.
 
     `tasks` gives it per-task thetas that its forward does not use (the official qkv's).
@@ -93,14 +93,6 @@ class DiTASKLinear(nn.Module):
     @property
     def tasks(self) -> list[str]:
         return list(self.task_theta)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @torch.no_grad()
     def spectrum(self) -> list[tuple[Tensor, Tensor, Tensor]]:

@@ -79,7 +79,22 @@ def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
-class LoRALinear(nn.Module):
+class FrozenLinearWrapper(nn.Module):
+    """A layer built around a frozen `nn.Linear` kept as `self.base`: it has the base's
+    feature counts, so code that reads `in_features`/`out_features` sees no difference."""
+
+    base: nn.Linear
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+
+class LoRALinear(FrozenLinearWrapper):
     """`y = W x + b + scale * B A dropout(x)` with W and b frozen (Hu et al., Sec. 4.1).
 
     `merge()` adds the update to W and turns the low-rank path off, so the layer costs what
@@ -96,14 +111,6 @@ class LoRALinear(nn.Module):
         )
         self.dropout = _dropout(dropout)
         self.merged = False
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
@@ -127,7 +134,7 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
-class MultiTaskLoRALinear(nn.Module):
+class MultiTaskLoRALinear(FrozenLinearWrapper):
     """MTLoRA's multi-task low-rank linear (protocol §3.1).
 
     With frozen W, b, shared-stream input x and optional task inputs x_t:
@@ -168,14 +175,6 @@ class MultiTaskLoRALinear(nn.Module):
     @property
     def tasks(self) -> list[str]:
         return list(self.task_lora)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def forward(
         self, x: Tensor, task_inputs: Mapping[str, Tensor] | None = None
