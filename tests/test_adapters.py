@@ -13,9 +13,11 @@ from benchmark.params import count
 from benchmark.params import main as params_main
 from benchmark.run import compose_all, expand
 from methods.adapter import HoulsbyAdapter
-from methods.adapters import AdaptedBranch, Adapter, HyperEncoder, ScaledLinear, TaskWeight
 from methods.bitfit import BitFit
-from methods.polyhistor import FactorHeads, Polyhistor, PolyhistorLite
+from methods.blocks.bottleneck import AdaptedBranch, Adapter
+from methods.blocks.factor_heads import FactorHeads
+from methods.blocks.hypernet import HyperEncoder, ScaledLinear, TaskWeight
+from methods.polyhistor import Polyhistor, PolyhistorLite
 from tests.helpers import (
     DECODERS,
     OUTPUTS,

@@ -11,7 +11,8 @@ from benchmark.errors import UserError
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import main as params_main
 from benchmark.run import compose_all, expand
-from methods.adapters import AdaptedBranch, PHMAdapter, PHMLinear, phm_rule
+from methods.blocks.bottleneck import AdaptedBranch
+from methods.blocks.phm import PHMAdapter, PHMLinear, phm_rule
 from methods.compacter import Compacter, CompacterPlusPlus
 from tests.helpers import (
     DECODERS,

@@ -12,8 +12,9 @@ from torch import nn
 
 from benchmark.errors import UserError
 from benchmark.run import compose_all, expand
-from methods import cpab
-from methods.ditask import DiTASK, DiTASKBlock, DiTASKLinear, MultiTaskDiTASKLinear
+from methods.blocks import cpab
+from methods.blocks.spectral import DiTASKBlock, DiTASKLinear, MultiTaskDiTASKLinear
+from methods.ditask import DiTASK
 from tests.helpers import (
     DECODERS,
     PASCAL_SWIN_T,

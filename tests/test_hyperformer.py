@@ -8,8 +8,10 @@ from torch import nn
 
 from benchmark.errors import UserError
 from benchmark.run import compose_all, expand
-from methods.adapters import AdaptedBranch, HyperEncoder
-from methods.hyperformer import GeneratedAdapter, HyperFormer, bottleneck_of
+from methods.blocks.bottleneck import AdaptedBranch
+from methods.blocks.hypernet import HyperEncoder
+from methods.blocks.stage_hypernet import GeneratedAdapter, bottleneck_of
+from methods.hyperformer import HyperFormer
 from tests.helpers import (
     DECODERS,
     PASCAL_SWIN_T,

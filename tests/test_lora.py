@@ -9,11 +9,13 @@ from torch import nn
 
 from benchmark.backbone import SwinBackbone
 from benchmark.errors import UserError
-from benchmark.model import Encoder, MultiTaskModel, build_decoders
+from benchmark.method import Encoder
+from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import count
 from benchmark.run import compose_all, expand
+from methods.blocks.inject import inject
+from methods.blocks.lowrank import LoRALinear, LowRank, lora_layers, merge_lora
 from methods.lora import LoRA
-from methods.lowrank import LoRALinear, LowRank, inject, lora_layers, merge_lora
 from tests.helpers import (
     DECODERS,
     OUTPUTS,

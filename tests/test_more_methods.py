@@ -8,7 +8,7 @@ from torch import nn
 
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import main as params_main
-from methods.adapters import Adapter
+from methods.blocks.bottleneck import Adapter
 from methods.vl_adapter import VLAdapter
 from tests.helpers import (
     DECODERS,

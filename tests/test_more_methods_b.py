@@ -11,8 +11,7 @@ from torch import nn
 from benchmark.errors import UserError
 from benchmark.records import iter_records
 from benchmark.run import compose_all, expand
-from methods.dora import DoRA
-from methods.lowrank import (
+from methods.blocks.lowrank import (
     DoRALinear,
     LowRank,
     MultiTaskDoRALinear,
@@ -21,6 +20,7 @@ from methods.lowrank import (
     merge_lora,
     row_norm,
 )
+from methods.dora import DoRA
 from methods.mtlora import MTLoRA, MTLoRAPlus
 from tests.conftest import SMALL_DATA, run_cli
 from tests.helpers import (

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.lowrank import LoRALinear, MultiTaskLoRALinear, lora_layers, merge_lora
-from methods.mtlora import MTLoRA, MTLoRAPlus, TaskStreamBlock
+from methods.blocks.lowrank import LoRALinear, MultiTaskLoRALinear, lora_layers, merge_lora
+from methods.blocks.task_streams import TaskStreamBlock
+from methods.mtlora import MTLoRA, MTLoRAPlus
 from tests.helpers import PASCAL_SWIN_T, TASKS, assert_gradients, assert_overfits, expected_mtlora
 from tests.test_lora import assert_same_features, fake_batch, model_with, params_of, randomise
 from tests.test_model import tiny_backbone
@@ -77,7 +78,8 @@ def test_trainable_counts_on_swin_tiny_pascal_are_exactly_the_official_ones():
 def test_options_and_labels():
     method = MTLoRA(rank=32, task_rank=8)
     assert method.label == "mtlora r=32 task_r=8" and method.paper_trainable_m is None
-    assert method.options() == {"rank": 32, "task_rank": 8, "scale": 4.0, "dropout": 0.05}
+    assert method.options() == {"rank": 32, "task_rank": 8, "scale": 4.0, "dropout": 0.05,
+                                "dora": False}
     assert MTLoRAPlus(rank=64).label == "mtlora+ r=64"
 
 

@@ -14,15 +14,17 @@ from benchmark.backbone import TaskStreams, build_backbone
 from benchmark.errors import UserError
 from benchmark.perf import _flops
 from benchmark.run import compose_all, expand
-from methods.lowrank import LoRALinear, LowRank
-from methods.tadformer import TADFormer, TADFormerEncoder, init_prompts_
-from methods.tadformer_blocks import (
+from methods.blocks.lowrank import LoRALinear, LowRank
+from methods.blocks.tadformer import (
     DynamicTaskFilter,
     PromptBlock,
+    TADFormerEncoder,
     TaskAdaptedLinear,
     TaskAdaptingBlock,
+    init_prompts_,
     static_filter,
 )
+from methods.tadformer import TADFormer
 from tests.helpers import (
     DECODERS,
     PASCAL_SWIN_T,

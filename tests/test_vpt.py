@@ -11,8 +11,13 @@ from torch import nn
 from benchmark.errors import UserError
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.run import compose_all, expand
-from methods.prompts import PromptedWindowAttention, merge_prompts, prompted_block
-from methods.vpt import ShallowPromptEncoder, VPTDeep, VPTShallow
+from methods.blocks.prompts import (
+    PromptedWindowAttention,
+    ShallowPromptEncoder,
+    merge_prompts,
+    prompted_block,
+)
+from methods.vpt import VPTDeep, VPTShallow
 from tests.helpers import (
     DECODERS,
     OUTPUTS,
