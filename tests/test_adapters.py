@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from benchmark.losses import MultiTaskLoss
@@ -22,13 +21,14 @@ from tests.helpers import (
     DECODERS,
     OUTPUTS,
     SWIN_T_BLOCKS,
-    SWIN_T_NORMS,
     SWIN_T_STAGES,
     TASKS,
     assert_gradients,
     assert_overfits,
+    blocky_batch,
+    expected_adapter,
+    tiny_backbone,
 )
-from tests.test_model import tiny_backbone
 
 METHODS = {
     "adapter": HoulsbyAdapter,
@@ -36,11 +36,6 @@ METHODS = {
     "polyhistor": Polyhistor,
     "polyhistor_lite": PolyhistorLite,
 }
-
-def expected_adapter(reduction: int = 1) -> int:
-    # two adapters per block, each down d x m + m and up m x d + d
-    adapters = sum(2 * (2 * d * (d // reduction) + d // reduction + d) for d in SWIN_T_BLOCKS)
-    return adapters + SWIN_T_NORMS + DECODERS
 
 
 def expected_bitfit() -> int:
@@ -132,28 +127,6 @@ def test_zero_adapters_give_the_frozen_backbone_features(name):
             torch.testing.assert_close(a, b)
 
 
-def _batch(n: int = 2, size: int = 32, cells: int = 4) -> dict:
-    """Labels in the formats of benchmark/tasks.py, read off a blocky image (constant over
-    cells x cells squares), so that a few optimiser steps can fit them."""
-    g = torch.Generator().manual_seed(0)
-    coarse = torch.randn(n, 3, cells, cells, generator=g)
-    image = F.interpolate(coarse, size=(size, size), mode="nearest")
-
-    def classes(channel: int, count: int) -> torch.Tensor:
-        edges = torch.linspace(-1.5, 1.5, count - 1)
-        return torch.bucketize(image[:, channel].contiguous(), edges)
-
-    parts = classes(1, 7)
-    parts[0, : size // 4] = 255  # some ignored pixels
-    return {
-        "image": image + 0.05 * torch.randn(n, 3, size, size, generator=g),
-        "semseg": classes(0, OUTPUTS["semseg"]),
-        "human_parts": parts,
-        "sal": (image[:, 2] > 0).long(),
-        "normals": F.normalize(image, dim=1),
-    }
-
-
 def _model(name: str) -> MultiTaskModel:
     backbone = tiny_backbone()
     encoder = METHODS[name]().build_encoder(backbone, TASKS)
@@ -167,7 +140,7 @@ def _trainable_encoder_names(model) -> set[str]:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
     model = _model(name)
-    assert_gradients(model, _batch())
+    assert_gradients(model, blocky_batch())
     trainable = _trainable_encoder_names(model)
     if name == "bitfit":
         biases = {n for n, _ in model.encoder.named_parameters() if n.endswith(".bias")}
@@ -191,7 +164,7 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_overfits_a_tiny_batch(name):
     torch.manual_seed(0)
-    assert_overfits(_model(name), _batch(), steps=8, lr=1e-3)
+    assert_overfits(_model(name), blocky_batch(), steps=8, lr=1e-3)
 
 
 @pytest.mark.parametrize("method", [Polyhistor, PolyhistorLite])
@@ -239,7 +212,7 @@ def test_one_adam_step_moves_generated_weights_at_the_pace_of_direct_ones(name):
                     for t in (w.left, w.right, w.bias)]
 
     before = factors()
-    batch = _batch()
+    batch = blocky_batch()
     loss, _ = MultiTaskLoss(TASKS)(model(batch["image"]), batch)
     loss.backward()
     torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr).step()

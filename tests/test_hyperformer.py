@@ -20,9 +20,11 @@ from tests.helpers import (
     TASKS,
     assert_gradients,
     assert_overfits,
+    fake_batch,
+    model_with,
+    params_of,
+    tiny_backbone,
 )
-from tests.test_lora import fake_batch, model_with, params_of
-from tests.test_model import tiny_backbone
 
 SWIN_T_DEPTHS = [2, 2, 6, 2]
 

@@ -25,17 +25,22 @@ from methods.mtlora import MTLoRA, MTLoRAPlus
 from tests.conftest import SMALL_DATA, run_cli
 from tests.helpers import (
     DECODERS,
+    MTLORA_UNUSED,
+    ONE_TOKEN_TABLES,
     PASCAL_SWIN_T,
     SWIN_T_BLOCKS,
     SWIN_T_STAGES,
     TASKS,
     assert_gradients,
     assert_overfits,
+    assert_same_features,
     expected_mtlora,
+    fake_batch,
+    model_with,
+    params_of,
+    randomise,
+    tiny_backbone,
 )
-from tests.test_lora import assert_same_features, fake_batch, model_with, params_of, randomise
-from tests.test_model import tiny_backbone
-from tests.test_mtlora import ONE_TOKEN_TABLES, UNUSED
 
 
 def expected_dora(rank=35) -> int:
@@ -126,11 +131,11 @@ def test_zero_initialised_updates_give_the_frozen_backbone_features(name):
 
 
 def _unused(name: str, size: int = 64) -> tuple[str, ...]:
-    """MTLoRA's exception (UNUSED) in the methods built on its task streams, and at 32 px
+    """MTLoRA's exception (MTLORA_UNUSED) in the methods built on its task streams, and at 32 px
     the last stage's relative-position tables, which those methods train (ONE_TOKEN_TABLES)."""
     if name == "dora":
         return ()
-    return UNUSED + (ONE_TOKEN_TABLES if size == 32 else ())
+    return MTLORA_UNUSED + (ONE_TOKEN_TABLES if size == 32 else ())
 
 
 def _trainable(model) -> set[str]:
@@ -172,7 +177,7 @@ def test_overfits_a_tiny_batch(name):
     model = model_with(BUILD[name]().build_encoder(backbone, TASKS), backbone)
     assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=_unused(name, size=32))
     for pname, p in model.named_parameters():  # the zero-initialised parts have moved
-        if pname.endswith((".b", ".kernels.weight")) and not pname.startswith(UNUSED):
+        if pname.endswith((".b", ".kernels.weight")) and not pname.startswith(MTLORA_UNUSED):
             assert p.abs().sum() > 0, pname
 
 

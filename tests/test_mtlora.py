@@ -9,20 +9,23 @@ import torch.nn.functional as F
 from methods.blocks.lowrank import LoRALinear, MultiTaskLoRALinear, lora_layers, merge_lora
 from methods.blocks.task_streams import TaskStreamBlock
 from methods.mtlora import MTLoRA, MTLoRAPlus
-from tests.helpers import PASCAL_SWIN_T, TASKS, assert_gradients, assert_overfits, expected_mtlora
-from tests.test_lora import assert_same_features, fake_batch, model_with, params_of, randomise
-from tests.test_model import tiny_backbone
+from tests.helpers import (
+    MTLORA_UNUSED,
+    ONE_TOKEN_TABLES,
+    PASCAL_SWIN_T,
+    TASKS,
+    assert_gradients,
+    assert_overfits,
+    assert_same_features,
+    expected_mtlora,
+    fake_batch,
+    model_with,
+    params_of,
+    randomise,
+    tiny_backbone,
+)
 
 METHODS = [MTLoRA, MTLoRAPlus]
-# The shared stream of the last stage reaches no decoder, so the one TA-LoRA update that
-# acts on it alone (fc2 of the very last block) trains nothing, as in the official code.
-UNUSED = ("encoder.backbone.stages.3.blocks.1.block.mlp.fc2.shared.",)
-# At 32 px (fake_batch's size) the last stage is one token: attention over a single key
-# ignores the relative-position bias, whose tables there get a zero gradient and stay put.
-ONE_TOKEN_TABLES = (
-    "encoder.backbone.stages.3.blocks.0.attn.relative_position_bias_table",
-    "encoder.backbone.stages.3.blocks.1.block.attn.relative_position_bias_table",
-)
 
 
 def ts_updates(module):
@@ -195,7 +198,7 @@ def test_trainable_set_and_gradients(method):
             assert not p.requires_grad, name  # qkv, proj, fc1, fc2 (and MTLoRA+ reductions)
         else:  # LoRA, norms, patch embedding, relative-position tables
             assert p.requires_grad, name
-    assert_gradients(model, fake_batch(size=64), unused=UNUSED)
+    assert_gradients(model, fake_batch(size=64), unused=MTLORA_UNUSED)
 
 
 def test_ta_lora_merges_into_the_frozen_weights():
@@ -219,8 +222,8 @@ def test_ta_lora_merges_into_the_frozen_weights():
 def test_overfits_a_tiny_batch(method):
     backbone = tiny_backbone()
     model = model_with(method(rank=4, task_rank=2).build_encoder(backbone, TASKS), backbone)
-    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=UNUSED + ONE_TOKEN_TABLES)
+    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=MTLORA_UNUSED + ONE_TOKEN_TABLES)
     for name, p in model.named_parameters():
-        if name.endswith(".b") and not name.startswith(UNUSED):
+        if name.endswith(".b") and not name.startswith(MTLORA_UNUSED):
             assert p.abs().sum() > 0, name  # every used B has left zero
     assert any(isinstance(m, LoRALinear) for m in model.modules())
