@@ -132,10 +132,10 @@ class Method:
         return self.name
 
     @classmethod
-    def option_names(cls) -> list[str]:
+    def option_parameters(cls) -> list[inspect.Parameter]:
         """The constructor's arguments but `name`, in order; a constructor taking
         `**options` passes them on, so its base class's arguments follow."""
-        names: list[str] = []
+        found: dict[str, inspect.Parameter] = {}
         for klass in cls.__mro__:
             if klass is Method:
                 break
@@ -143,12 +143,15 @@ class Method:
                 continue
             params = list(inspect.signature(klass.__init__).parameters.values())[1:]
             for p in params:
-                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "name" \
-                        and p.name not in names:
-                    names.append(p.name)
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "name":
+                    found.setdefault(p.name, p)
             if not any(p.kind == p.VAR_KEYWORD for p in params):
                 break
-        return names
+        return list(found.values())
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [p.name for p in cls.option_parameters()]
 
     def options(self) -> dict:
         """The method's options as the constructor stored them (`option_names`)."""

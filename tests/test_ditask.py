@@ -1,4 +1,4 @@
-"""DiTASK (methods/ditask.py) and its CPAB transform (methods/cpab.py): the transform against
+"""DiTASK (methods/ditask.py) and its CPAB transform (methods/blocks/cpab.py): the transform against
 a numerical ODE solution, finite differences and its invariants; the layer against a dense
 reconstruction; the SVD cache against recomputation; counts, streams, trainability."""
 

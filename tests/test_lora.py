@@ -1,4 +1,5 @@
-"""LoRA (methods/lora.py) and the low-rank building blocks it shares (methods/lowrank.py)."""
+"""LoRA (methods/lora.py) and the low-rank building blocks it shares (methods/blocks/lowrank.py,
+methods/blocks/inject.py)."""
 
 import copy
 

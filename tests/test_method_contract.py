@@ -70,20 +70,10 @@ def method_cfg(name: str):
 
 
 def constructor_defaults(cls: type[Method]) -> dict:
-    """Each option's default, following `**options` to the base class as `option_names`."""
-    defaults: dict = {}
-    for klass in cls.__mro__:
-        if klass is Method:
-            break
-        if "__init__" not in vars(klass):
-            continue
-        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        for p in params:
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                defaults.setdefault(p.name, p.default)
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    defaults.pop("name", None)
+    """Each option's default (a constructor taking `**options` passes them on to its base
+    class, whose defaults then apply)."""
+    defaults = {p.name: p.default for p in cls.option_parameters()}
+    assert inspect.Parameter.empty not in defaults.values(), cls  # hydra gives them all
     return defaults
 
 

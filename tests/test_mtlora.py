@@ -13,6 +13,8 @@ from tests.helpers import (
     MTLORA_UNUSED,
     ONE_TOKEN_TABLES,
     PASCAL_SWIN_T,
+    SWIN_T_BLOCKS,
+    SWIN_T_STAGES,
     TASKS,
     assert_gradients,
     assert_overfits,
@@ -227,3 +229,35 @@ def test_overfits_a_tiny_batch(method):
         if name.endswith(".b") and not name.startswith(MTLORA_UNUSED):
             assert p.abs().sum() > 0, name  # every used B has left zero
     assert any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+# --- with DoRA (`method.dora=true`; the DoRA layers: tests/test_dora.py) ---------------
+
+
+def dora_magnitudes(plus: bool) -> int:
+    # one per output of qkv (3C), proj (C), fc1 (4C), fc2 (C) in every block; MTLoRA+ also
+    # adapts the merging reductions (4C -> 2C) of the first three stages
+    reductions = sum(2 * d for d in SWIN_T_STAGES[:3]) if plus else 0
+    return sum(9 * d for d in SWIN_T_BLOCKS) + reductions
+
+
+def test_mtlora_counts_without_dora_stay_exact_and_dora_adds_the_magnitudes():
+    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,32,64", "method.dora=false",
+                     *PASCAL_SWIN_T)
+    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
+    assert got == {
+        **{("mtlora", f"mtlora r={r}"): expected_mtlora(r, plus=False) for r in (16, 32, 64)},
+        **{("mtlora_plus", f"mtlora+ r={r}"): expected_mtlora(r, plus=True)
+           for r in (16, 32, 64)},
+    }
+    assert dora_magnitudes(plus=False) == 39_744 and dora_magnitudes(plus=True) == 41_088
+    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,64", "method.dora=true",
+                     *PASCAL_SWIN_T)
+    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
+    assert got == {
+        (method, f"{label} dora r={r}"): expected_mtlora(r, plus) + dora_magnitudes(plus)
+        for method, label, plus in (("mtlora", "mtlora", False), ("mtlora_plus", "mtlora+", True))
+        for r in (16, 64)
+    }
+    assert all(r["paper_trainable_m"] is None and r["encoder_mode"] == "task_streams"
+               for r in rows)

@@ -1,4 +1,4 @@
-"""TADFormer (methods/tadformer.py, methods/tadformer_blocks.py): the official code's counts,
+"""TADFormer (methods/tadformer.py, methods/blocks/tadformer.py): the official code's counts,
 where the prompts are seen and what crosses merging, the TPC operator, the task filters and
 the gate by hand, what trains, identity of the task streams at initialisation, gradients,
 overfitting."""

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.method import TaskContext
 from methods.blocks.bottleneck import POSITIONS, AdapterSite
-from methods.blocks.hypernet import GeneratedWeights, TaskWeight
+from methods.blocks.hypernet import TaskAdapter, TaskWeight
 
 INIT_STD = 1e-2  # the official initialisation of every hypernetwork linear layer
 PROJECTOR_EPS = 1e-6  # the task projector's LayerNorm
@@ -111,15 +110,9 @@ class HyperFormerGenerator(nn.Module):
         ]
 
 
-class GeneratedAdapter(nn.Module):
+class GeneratedAdapter(TaskAdapter):
     """`y + LN_{gamma, beta}(up(gelu_tanh(down(y))))` with each sample's task's generated
     tensors (`weights.get(index)`); no parameters of its own."""
-
-    def __init__(self, index: int, weights: GeneratedWeights, context: TaskContext):
-        super().__init__()
-        self.index = index
-        self.weights = weights
-        self.context = context
 
     def forward(self, x: Tensor) -> Tensor:
         ids = self.context.current()

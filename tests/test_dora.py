@@ -1,6 +1,6 @@
-"""DoRA (and MTLoRA with DoRA): counts, identity at zero init, trainability, the DoRA
-layers' algebra, overfitting, the CLI (TADFormer: tests/test_tadformer.py; HyperFormer:
-tests/test_hyperformer.py)."""
+"""DoRA (methods/dora.py) and DoRA's layers inside MTLoRA (`method.dora=true`): counts,
+identity at zero init, trainability, the DoRA layers' algebra, overfitting, the CLI (the
+counts of MTLoRA with DoRA: tests/test_mtlora.py)."""
 
 import copy
 
@@ -29,12 +29,10 @@ from tests.helpers import (
     ONE_TOKEN_TABLES,
     PASCAL_SWIN_T,
     SWIN_T_BLOCKS,
-    SWIN_T_STAGES,
     TASKS,
     assert_gradients,
     assert_overfits,
     assert_same_features,
-    expected_mtlora,
     fake_batch,
     model_with,
     params_of,
@@ -47,13 +45,6 @@ def expected_dora(rank=35) -> int:
     # LoRA on qkv (C -> 3C) and proj (C -> C): r (C + 3C) + r (C + C); a magnitude per
     # output: 3C + C
     return sum(rank * 6 * d + 4 * d for d in SWIN_T_BLOCKS) + DECODERS
-
-
-def dora_magnitudes(plus: bool) -> int:
-    # one per output of qkv (3C), proj (C), fc1 (4C), fc2 (C) in every block; MTLoRA+ also
-    # adapts the merging reductions (4C -> 2C) of the first three stages
-    reductions = sum(2 * d for d in SWIN_T_STAGES[:3]) if plus else 0
-    return sum(9 * d for d in SWIN_T_BLOCKS) + reductions
 
 
 def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
@@ -72,28 +63,6 @@ def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
 def test_options_change_the_counts_as_the_formulas_say():
     rows = params_of("method=dora", "method.rank=8", *PASCAL_SWIN_T)
     assert rows[0]["trainable"] == expected_dora(8)
-
-
-def test_mtlora_counts_without_dora_stay_exact_and_dora_adds_the_magnitudes():
-    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,32,64", "method.dora=false",
-                     *PASCAL_SWIN_T)
-    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
-    assert got == {
-        **{("mtlora", f"mtlora r={r}"): expected_mtlora(r, plus=False) for r in (16, 32, 64)},
-        **{("mtlora_plus", f"mtlora+ r={r}"): expected_mtlora(r, plus=True)
-           for r in (16, 32, 64)},
-    }
-    assert dora_magnitudes(plus=False) == 39_744 and dora_magnitudes(plus=True) == 41_088
-    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,64", "method.dora=true",
-                     *PASCAL_SWIN_T)
-    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
-    assert got == {
-        (method, f"{label} dora r={r}"): expected_mtlora(r, plus) + dora_magnitudes(plus)
-        for method, label, plus in (("mtlora", "mtlora", False), ("mtlora_plus", "mtlora+", True))
-        for r in (16, 64)
-    }
-    assert all(r["paper_trainable_m"] is None and r["encoder_mode"] == "task_streams"
-               for r in rows)
 
 
 def test_options_and_invalid_values():

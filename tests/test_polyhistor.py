@@ -1,4 +1,5 @@
-"""The adapter family: Houlsby adapters, BitFit, Polyhistor and Polyhistor-Lite."""
+"""Polyhistor and Polyhistor-Lite, with the Houlsby adapters whose placement they share
+(VL-Adapter: tests/test_vl_adapter.py; BitFit: tests/test_bitfit.py)."""
 
 import json
 
@@ -12,7 +13,6 @@ from benchmark.params import count
 from benchmark.params import main as params_main
 from benchmark.run import compose_all, expand
 from methods.adapter import HoulsbyAdapter
-from methods.bitfit import BitFit
 from methods.blocks.bottleneck import AdaptedBranch, Adapter
 from methods.blocks.factor_heads import FactorHeads
 from methods.blocks.hypernet import HyperEncoder, ScaledLinear, TaskWeight
@@ -32,16 +32,9 @@ from tests.helpers import (
 
 METHODS = {
     "adapter": HoulsbyAdapter,
-    "bitfit": BitFit,
     "polyhistor": Polyhistor,
     "polyhistor_lite": PolyhistorLite,
 }
-
-
-def expected_bitfit() -> int:
-    # qkv 3d, proj d, fc1 4d, fc2 d, norm1 d, norm2 d; patch conv and norm; merging norms
-    blocks = sum(11 * d for d in SWIN_T_BLOCKS)
-    return blocks + 96 + 96 + sum(4 * d for d in SWIN_T_STAGES[:3]) + DECODERS
 
 
 def _conditioning(embed_dim: int, hidden: int) -> int:
@@ -67,7 +60,6 @@ def expected_polyhistor_lite(reduction=2, rank=16, embed_dim=128, hidden=889) ->
 
 EXPECTED = {  # trainable, its formula, the paper's count, the encoder mode
     "adapter": (10_613_696, expected_adapter, 11.24, "shared"),
-    "bitfit": (1_998_080, expected_bitfit, 2.85, "shared"),
     "polyhistor": (8_960_577, expected_polyhistor, 8.96, "per_task"),
     "polyhistor_lite": (6_408_897, expected_polyhistor_lite, 6.41, "per_task"),
 }
@@ -84,7 +76,7 @@ def test_params_lists_the_family_with_the_counts_of_the_formulas(capsys):
         assert row["trainable"] == expected and row["decoders"] == DECODERS, method
         assert row["paper_trainable_m"] == paper and row["encoder_mode"] == mode, method
     labels = {row["label"] for row in rows.values()}
-    assert labels == {"adapter reduction=1", "bitfit", "polyhistor rank=16",
+    assert labels == {"adapter reduction=1", "polyhistor rank=16",
                       "polyhistor_lite rank=16"}
 
 
@@ -142,11 +134,7 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
     model = _model(name)
     assert_gradients(model, blocky_batch())
     trainable = _trainable_encoder_names(model)
-    if name == "bitfit":
-        biases = {n for n, _ in model.encoder.named_parameters() if n.endswith(".bias")}
-        assert trainable == biases
-        assert not any("relative_position" in n or "reduction" in n for n in trainable)
-    elif name == "adapter":
+    if name == "adapter":
         norms = {
             f"{m_name}.{p_name}"
             for m_name, m in model.encoder.named_modules() if isinstance(m, nn.LayerNorm)

@@ -1,4 +1,5 @@
-"""VL-Adapter (VPT: tests/test_vpt.py; Compacter: tests/test_compacter.py)."""
+"""VL-Adapter (methods/vl_adapter.py): its count, identity with silenced adapters, what
+trains, overfitting, invalid options."""
 
 import json
 
