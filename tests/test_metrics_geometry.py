@@ -81,3 +81,17 @@ def test_old_records_read_normals_rmse_as_rms(tmp_path):
     path.write_text(json.dumps(new))
     assert read_record(path)["metrics"] == new["metrics"]
     assert _metric_header("normals") == 'normals mean angle ° (papers\' "rmse") ↓'
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 4, 5), (2, 3, 4, 4)), ((2, 1, 4, 5), (2, 1, 4, 5))])
+def test_normals_meter_and_loss_refuse_the_same_shapes(shapes):
+    """One check (`benchmark.tasks.check_normals`) guards the meter and the loss alike."""
+    from benchmark.losses import task_loss
+
+    pred, target = (torch.ones(shape) for shape in shapes)
+    message = r"normals: expected prediction and label of the same shape \(N, 3, H, W\)"
+    with pytest.raises(ValueError, match=message):
+        NormalsMeter().update(pred, target)
+    with pytest.raises(ValueError, match=message):
+        task_loss("normals")(pred, target)
+

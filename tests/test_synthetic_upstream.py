@@ -25,3 +25,10 @@ def test_upstream_set(tmp_path):
     # A different distribution from the scenes: no ground/sky split, object near the centre.
     centre = images[:, 8:24, 8:24].astype(np.float32)
     assert centre.std() > 10
+
+
+def test_upstream_labels_are_pinned():
+    """The classes of the first upstream images, as rendered when `RENDER_VERSION` was 2."""
+    labels = [syn.render_upstream_image(SEED, "val", i, 32)[1] for i in range(6)]
+    assert labels == [0, 4, 9, 3, 0, 7]
+

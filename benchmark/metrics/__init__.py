@@ -33,6 +33,10 @@ synchronisation (no ``.item()``, no data-dependent Python branching, no boolean 
 it can run inside an asynchronous evaluation loop. Every piece of state is a sum: distributed
 evaluation reduces the tensors of :meth:`Meter.state_tensors` with ``all_reduce`` (SUM, in
 place) on every rank before calling ``compute``.
+
+The base class is in ``meter``, the meters in ``segmentation`` (``semseg``, ``human_parts``),
+``binary`` (``sal``, ``edge``) and ``geometry`` (``normals``, ``depth``); ``multitask`` builds
+the meters of a model (``build_meter``, ``TaskMeters``) and computes ``delta_m``.
 """
 
 from __future__ import annotations

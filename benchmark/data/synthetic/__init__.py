@@ -75,9 +75,19 @@ cast shadows.
 Caching
 -------
 `load_split` and `load_upstream` render on first use and keep the arrays as one
-uncompressed .npz under `cache_dir()/synthetic/`, named by `RENDER_VERSION`, seed, split, size
-and image size. A file is written to a temporary name and renamed into place, so a crash
-never leaves a partial file; a file that cannot be read back is rendered again.
+uncompressed .npz under `cache_dir()/synthetic/` (`benchmark.data.cache`), named by
+`RENDER_VERSION`, seed, split, size and image size. A file is written to a temporary name and
+renamed into place, so a crash never leaves a partial file; a file that cannot be read back is
+rendered again.
+
+Modules
+-------
+`constants` (classes, distances, `RENDER_VERSION`), `geometry` (primitives, ray intersection,
+normals), `camera` (the pinhole camera, its rays and the random streams), `textures`,
+`objects` (shapes and figures), `sampling` (a random scene), `render` (tracing, shadows,
+shading), `scene` (`render_scene`: an image and its labels), `upstream` (the upstream set) and
+`store` (whole splits, the process pool and the cache). This package exports the public
+names of all of them.
 """
 
 from __future__ import annotations

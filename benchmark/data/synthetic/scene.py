@@ -13,7 +13,7 @@ from benchmark.data.synthetic.sampling import _sample_scene
 
 
 def render_scene(seed: int, split: str, index: int, image_size: int) -> dict[str, np.ndarray]:
-    """One image and all its labels (see the module docstring for the definitions)."""
+    """One image and all its labels (see the package docstring for the definitions)."""
     cam_ss, scene_ss, noise_ss = _streams(_SCENE_DOMAIN, seed, split, index)
     n = int(image_size)
     cam = _camera_from(cam_ss, n)
