@@ -76,7 +76,7 @@ KEYS = {
 
 
 def default_output() -> Path:
-    from benchmark.data.synthetic import cache_dir
+    from benchmark.data.cache import cache_dir
 
     return cache_dir() / "weights" / OUTPUT_NAME
 

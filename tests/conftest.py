@@ -41,3 +41,21 @@ def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
         [sys.executable, "-m", module, *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )
+
+
+@pytest.fixture(scope="session")
+def pascal(tmp_path_factory):
+    """A generated PASCAL-Context tree (`tests.real_trees`): (root, labels written per id)."""
+    from tests.real_trees import make_pascal_tree
+
+    root = tmp_path_factory.mktemp("pascal") / "PASCAL_MT"
+    return root, make_pascal_tree(root)
+
+
+@pytest.fixture(scope="session")
+def nyud(tmp_path_factory):
+    """A generated NYUD-v2 tree (`tests.real_trees`): (root, labels written per id)."""
+    from tests.real_trees import make_nyud_tree
+
+    root = tmp_path_factory.mktemp("nyud") / "NYUD_MT"
+    return root, make_nyud_tree(root)
