@@ -35,8 +35,15 @@ def override_value(value) -> str:
         return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
     if isinstance(value, str) and not re.fullmatch(r"[\w./:+-]+", text):
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        # quoted: a quote is escaped, and so are the backslashes before a quote or the end
+        # (hydra keeps every other backslash as it is)
+        return "'" + re.sub(r"(\\*)('|$)", _escape_quoted, text) + "'"
     return text
+
+
+def _escape_quoted(match: re.Match) -> str:
+    backslashes, quote = match.groups()
+    return 2 * backslashes + ("\\'" if quote else "")
 
 
 def _shipped(group: str, name: str) -> tuple[str, dict] | None:

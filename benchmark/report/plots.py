@@ -24,11 +24,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from benchmark.report.placement import Box, label_points, segment_obstacles, shade
+from benchmark.report.placement import Box, Colour, label_points, segment_obstacles, shade
 from benchmark.report.statistics import interval
 from benchmark.report.text import natural_key
-
-Colour = tuple[float, float, float]
 
 REFERENCE_COLOUR: Colour = (0.3, 0.3, 0.3)
 REFERENCE_MARKER = "*"

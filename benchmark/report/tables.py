@@ -49,7 +49,6 @@ PUBLISHED_PASCAL_SWIN_T = {
     ],
 }
 
-
 METRIC_NAMES = {"miou": "mIoU", "mean": "mean angle ° (papers' \"rmse\")",
                 "median": "median angle °", "rms": "RMS angle °", "rmse": "RMSE", "maxf": "maxF"}
 
