@@ -346,6 +346,11 @@ def curves_figure(
     *,
     title: str,
 ) -> list[Path]:
-    """`build_curves_figure` saved as `stem`.png and `stem`.svg; [] when nothing is drawn."""
+    """`build_curves_figure` saved as `stem`.png and `stem`.svg; [] when nothing is drawn.
+    Saved with the fixed salt, so that its SVG ids are the same from the same numbers (the
+    layout is that of the default settings, as it always was)."""
     fig = build_curves_figure(panels, styles, title=title)
-    return [] if fig is None else _save(fig, stem)
+    if fig is None:
+        return []
+    with matplotlib.rc_context({"svg.hashsalt": RC["svg.hashsalt"]}):
+        return _save(fig, stem)

@@ -83,3 +83,14 @@ def test_learning_curves_are_drawn_one_line_per_configuration(tmp_path):
     # before curves existed) and are left out, not drawn empty
     assert all(len(ax.get_lines()) == len(SEMSEG) for ax in drawn)
     assert {line.get_label() for line in drawn[0].get_lines()} == set(SEMSEG)
+
+
+def test_the_learning_curves_svg_is_the_same_bytes_from_the_same_records(tmp_path):
+    three_seed_records(tmp_path / "results", curves=True)
+    records, _ = load(tmp_path / "results")
+    svgs = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        write_reports(records, out, figures=True)
+        (svg,) = out.glob("*/learning_curves.svg")
+        svgs.append(svg.read_bytes())
+    assert svgs[0] == svgs[1]
