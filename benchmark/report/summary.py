@@ -41,7 +41,7 @@ def summary_rows(group: Group) -> tuple[list[str], list[list[str]]]:
     header += [f"{t}.{m}_std" for t, m in primary]
     header += [f"{t}.change" for t in group.tasks]
     header += ["error"]
-    # appended later: 95 % t intervals and the paired comparisons (benchmark.stats)
+    # appended later: 95 % t intervals and the paired comparisons (benchmark.report.statistics)
     interval_of = ["delta_m", *(f"{t}.{m}" for t, m in group.metric_keys), "peak_memory_mb",
                    "train_seconds", "train_images_per_second"]
     header += [f"{name}_ci95_{end}" for name in interval_of for end in ("low", "high")]
