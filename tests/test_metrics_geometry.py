@@ -69,7 +69,7 @@ def test_old_records_read_normals_rmse_as_rms(tmp_path):
     read as `normals.rms`, and the report names the papers' "rmse" (the mean angle)."""
 
     from benchmark.records import read_record
-    from benchmark.report import _metric_header
+    from benchmark.report.tables import metric_header as _metric_header
 
     path = tmp_path / "result.json"
     old = {"metrics": {"normals": {"mean": 17.0, "rmse": 25.0}, "depth": {"rmse": 0.5}}}

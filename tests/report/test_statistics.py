@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmark import stats
+from benchmark.report import statistics as stats
 
 T_975_2 = 4.302652729911275  # t_{0.975} with 2 degrees of freedom (tables)
 T_975_1 = 12.706204736174707  # with 1 degree of freedom

@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from benchmark.report.groups import Group
+from benchmark.report.tables import PUBLISHED_PASCAL_SWIN_T, published_cells, relative_cells
+
 # the report's non-ASCII symbols, and LaTeX's special characters
 SYMBOLS = {
     "±": r"$\pm$", "Δ": r"$\Delta$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
@@ -56,3 +59,24 @@ def booktabs(
         lines.append(rf"\label{{{label}}}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+# The file names of a group's LaTeX tables, by table.
+TABLES = {"relative": "relative_performance", "published": "published_numbers"}
+
+
+def latex_tables(group: Group) -> dict[str, str]:
+    """The LaTeX (booktabs) twin of each markdown table of the group's page, by name."""
+    caption = (f"{group.dataset}, {group.backbone}, {group.budget} budget: "
+               + ("mean ± half-width of the 95 % confidence interval over seeds "
+                  "(Student t); * the paired interval excludes zero."
+                  if group.max_seeds >= 2 else "one seed, no interval."))
+    out = {"relative": booktabs(*relative_cells(group), caption=caption,
+                                label=f"tab:{group.slug}")}
+    published = published_cells(group)
+    if published is not None:
+        out["published"] = booktabs(
+            *published, caption=f"Beside {PUBLISHED_PASCAL_SWIN_T['source']}.",
+            label=f"tab:{group.slug}-published",
+        )
+    return out

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from benchmark import stats
+from benchmark.report import statistics as stats
 from benchmark.tasks import TASKS
 
 METRIC_NAMES = {"miou": "mIoU", "mean": "mean angle °", "median": "median angle °",

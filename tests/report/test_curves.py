@@ -7,10 +7,13 @@ import math
 import pytest
 
 from benchmark.experiment import DataCache, run_experiment
+from benchmark.report import curves, plots
+from benchmark.report.command import write_reports
+from benchmark.report.groups import build_groups
+from benchmark.report.load import load
 from benchmark.run import compose_all, main
 from tests.conftest import SMALL_DATA
-
-TASKS = ["semseg", "human_parts", "sal", "normals"]
+from tests.report.builders import SEMSEG, T_975_2, TASKS, three_seed_records
 
 
 @pytest.mark.slow
@@ -53,3 +56,41 @@ def test_a_bad_eval_every_is_one_line_and_exit_2(value, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and "eval_every" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())
+
+
+def test_learning_curves_are_drawn_one_line_per_configuration(tmp_path):
+    three_seed_records(tmp_path / "results", curves=True)
+    records, _ = load(tmp_path / "results")
+    out = tmp_path / "reports"
+    (page,) = write_reports(records, out, figures=True)
+    (png,) = out.glob("*/learning_curves.png")
+    assert png.stat().st_size > 1000 and png.with_suffix(".svg").exists()
+    assert f"({page.stem}/learning_curves.png)" in page.read_text()
+    (group,) = build_groups(records)
+    panels = curves.group_curves(group.ok_rows, group.tasks)
+    # four training-loss panels and the one validation metric recorded (semseg)
+    assert len(panels) == 5 and sum("validation" in k for k in panels) == 1
+    loss = panels["semseg: training loss"]["best"]
+    assert loss.epochs == [1, 2, 3]
+    assert loss.mean == pytest.approx([1.9, 1.0, 0.51])
+    assert loss.half_width[1] == 0.0  # every seed at 1.0
+    assert loss.half_width[0] == pytest.approx(T_975_2 * 0.1 / math.sqrt(3))
+    styles = plots.assign_styles({(r.method, r.label) for r in group.ok_rows}, "single_task")
+    fig = plots.build_curves_figure(panels, styles, title="t")
+    drawn = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(drawn) == 5
+    # one line per configuration with curves: the reference's records have none (written
+    # before curves existed) and are left out, not drawn empty
+    assert all(len(ax.get_lines()) == len(SEMSEG) for ax in drawn)
+    assert {line.get_label() for line in drawn[0].get_lines()} == set(SEMSEG)
+
+
+def test_the_learning_curves_svg_is_the_same_bytes_from_the_same_records(tmp_path):
+    three_seed_records(tmp_path / "results", curves=True)
+    records, _ = load(tmp_path / "results")
+    svgs = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        write_reports(records, out, figures=True)
+        (svg,) = out.glob("*/learning_curves.svg")
+        svgs.append(svg.read_bytes())
+    assert svgs[0] == svgs[1]

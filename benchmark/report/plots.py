@@ -12,9 +12,7 @@ darken with the rank) and a marker, so a figure stays readable in greyscale too.
 
 from __future__ import annotations
 
-import colorsys
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +24,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from benchmark.stats import interval
-
-Colour = tuple[float, float, float]
+from benchmark.report.placement import Box, Colour, label_points, segment_obstacles, shade
+from benchmark.report.statistics import interval
+from benchmark.report.text import natural_key
 
 REFERENCE_COLOUR: Colour = (0.3, 0.3, 0.3)
 REFERENCE_MARKER = "*"
@@ -36,8 +34,6 @@ REFERENCE_MARKER = "*"
 MARKERS = ("o", "s", "D", "^", "v", "<", ">", "p", "h", "d", "8", "H")
 FORMATS = ("png", "svg")
 PNG_DPI = 200
-LABEL_FONT_SIZE = 7.5
-LEADER_FROM = 12  # pixels between a point and its label beyond which a line joins them
 GRID_COLOUR = "#d9d9d9"
 
 # Fixed salt and no dates: regenerating a figure from the same numbers gives the same SVG.
@@ -84,19 +80,6 @@ def _half_width(values: Sequence[float]) -> float:
     return 0.0 if found is None or found.half_width is None else found.half_width
 
 
-def natural_key(text: str) -> list:
-    """Sort key that orders `r=16` before `r=128`."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def _shade(colour: Colour, amount: float) -> Colour:
-    """Lighten (amount > 0) or darken (amount < 0) a colour, keeping its hue."""
-    h, lightness, s = colorsys.rgb_to_hls(*colour)
-    target = 1.0 if amount > 0 else 0.0
-    lightness = lightness + (target - lightness) * abs(amount)
-    return colorsys.hls_to_rgb(h, lightness, s)
-
-
 def assign_styles(labels: Iterable[tuple[str, str]], reference_method: str) -> dict[str, Style]:
     """Colour and marker per label from every (method, label) pair of the report.
 
@@ -118,7 +101,7 @@ def assign_styles(labels: Iterable[tuple[str, str]], reference_method: str) -> d
         variants = sorted(by_method[method], key=natural_key)
         amounts = np.linspace(0.35, -0.35, len(variants)) if len(variants) > 1 else [0.0]
         for label, amount in zip(variants, amounts):
-            colour = tuple(float(c) for c in _shade(tuple(base[index]), float(amount)))
+            colour = tuple(float(c) for c in shade(tuple(base[index]), float(amount)))
             styles[label] = Style(colour, MARKERS[index % len(MARKERS)])
     return styles
 
@@ -140,141 +123,6 @@ def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
         )
     ]
     return sorted(front, key=lambda k: (valid[k][0], -valid[k][1], natural_key(k)))
-
-
-# -- label placement -----------------------------------------------------------------------
-
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in display pixels
-
-
-def _overlap(a: Box, b: Box) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    return w * h if w > 0 and h > 0 else 0.0
-
-
-def _outside(box: Box, frame: Box) -> float:
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    return area - _overlap(box, frame)
-
-
-def _inside(x: float, y: float, box: Box) -> bool:
-    return box[0] <= x <= box[2] and box[1] <= y <= box[3]
-
-
-def _leader_hits(
-    start: tuple[float, float], box: Box, others: Sequence[Box], skip: float = 7.0
-) -> int:
-    """How many samples of the leader line from `start` to `box` fall inside `others`."""
-    x, y = start
-    ex, ey = min(max(x, box[0]), box[2]), min(max(y, box[1]), box[3])
-    length = math.hypot(ex - x, ey - y)
-    hits = 0
-    for k in range(int(skip // 3), int(length // 3) + 1):
-        t = min(3 * k / length, 1.0) if length else 1.0
-        px, py = x + (ex - x) * t, y + (ey - y) * t
-        hits += sum(_inside(px, py, other) for other in others)
-    return hits
-
-
-def place_labels(
-    anchors: Sequence[tuple[float, float]],
-    sizes: Sequence[tuple[float, float]],
-    obstacles: Sequence[Box],
-    frame: Box,
-) -> list[tuple[float, float, float]]:
-    """Centre of each label box and its distance from the anchor (display pixels), chosen
-    greedily around the anchor.
-
-    Each label tries rings of candidate positions at growing distance from its point and
-    takes the one whose box and leader line overlap the labels already placed, the obstacles
-    (markers, error bars, lines, legend) and the outside of `frame` least, preferring near
-    positions and the right side. Crowded points choose first. Deterministic.
-    """
-    angles = [math.radians(a) for a in (0, 30, -30, 60, -60, 90, -90, 120, -120, 150, -150, 180)]
-    radii = (5, 10, 18, 28, 40, 55, 75, 100)
-
-    def crowding(i: int) -> int:
-        x, y = anchors[i]
-        return sum(math.hypot(x - u, y - v) < 60 for u, v in anchors)
-
-    order = sorted(range(len(anchors)), key=lambda i: (-crowding(i), anchors[i]))
-    placed: list[Box] = []
-    centres: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * len(anchors)
-    for i in order:
-        (x, y), (w, h) = anchors[i], sizes[i]
-        best = None
-        for ring, radius in enumerate(radii):
-            for turn, angle in enumerate(angles):
-                cx = x + math.cos(angle) * (radius + w / 2)
-                cy = y + math.sin(angle) * (radius + h / 2)
-                box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-                cost = (
-                    20 * sum(_overlap(box, other) for other in placed)
-                    + 8 * sum(_overlap(box, other) for other in obstacles)
-                    + 50 * _outside(box, frame)
-                    + 12 * ring
-                    + turn
-                )
-                if ring > 1 and (best is None or cost < best[0]):
-                    cost += 60 * _leader_hits((x, y), box, placed)
-                    cost += 15 * _leader_hits((x, y), box, obstacles)
-                if best is None or cost < best[0]:
-                    best = (cost, (cx, cy, radius), box)
-        _, centres[i], box = best
-        placed.append(box)
-    return centres
-
-
-def _label_points(
-    ax, fig: Figure, points: Sequence[Point], styles: Mapping[str, Style], obstacles: list[Box]
-) -> None:
-    """Write each point's label where `place_labels` puts it, in a dark shade of the point's
-    colour, joined to the point by a thin line when it had to move away."""
-    renderer = fig.canvas.get_renderer()
-    to_px = ax.transData.transform
-    anchors = [tuple(to_px((p.x, p.y))) for p in points]
-    sizes = []
-    for p in points:
-        text = ax.text(0, 0, p.label, fontsize=LABEL_FONT_SIZE)
-        extent = text.get_window_extent(renderer)
-        sizes.append((extent.width + 4, extent.height + 2))
-        text.remove()
-    frame = ax.get_window_extent(renderer)
-    frame_box = (frame.x0 + 2, frame.y0 + 2, frame.x1 - 2, frame.y1 - 2)
-    centres = place_labels(anchors, sizes, obstacles, frame_box)
-    points_per_px = 72 / fig.dpi
-    for p, (ax_px, ay_px), (cx, cy, radius) in zip(points, anchors, centres):
-        dx, dy = cx - ax_px, cy - ay_px
-        far = radius > LEADER_FROM
-        ax.annotate(
-            p.label,
-            xy=(p.x, p.y),
-            xytext=(dx * points_per_px, dy * points_per_px),
-            textcoords="offset points",
-            ha="center",
-            va="center",
-            fontsize=LABEL_FONT_SIZE,
-            color=_shade(styles[p.label].colour, -0.45),
-            zorder=5,
-            arrowprops=(
-                {"arrowstyle": "-", "color": styles[p.label].colour, "lw": 0.7,
-                 "shrinkA": 1, "shrinkB": 4}
-                if far
-                else None
-            ),
-        )
-
-
-def _segment_obstacles(xy_px: np.ndarray, step: float = 6.0, half: float = 2.0) -> list[Box]:
-    """Small boxes along a polyline (display pixels), so labels keep off it."""
-    boxes = []
-    for (x0, y0), (x1, y1) in zip(xy_px[:-1], xy_px[1:]):
-        n = max(int(math.hypot(x1 - x0, y1 - y0) / step), 1)
-        for t in np.linspace(0, 1, n + 1):
-            x, y = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
-            boxes.append((x - half, y - half, x + half, y + half))
-    return boxes
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -379,10 +227,10 @@ def tradeoff_figure(
                 x0, _ = to_px((max(p.x - p.x_err, ax.get_xlim()[0]), p.y))
                 x1, _ = to_px((p.x + p.x_err, p.y))
                 obstacles.append((x0, y - 3, x1, y + 3))
-        obstacles += _segment_obstacles(to_px(_step_vertices(front_x, front_y)))
+        obstacles += segment_obstacles(to_px(_step_vertices(front_x, front_y)))
         legend = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
         obstacles.append((legend.x0, legend.y0, legend.x1, legend.y1))
-        _label_points(ax, fig, points, styles, obstacles)
+        label_points(ax, fig, points, styles, obstacles)
         return _save(fig, stem)
 
 
@@ -498,6 +346,11 @@ def curves_figure(
     *,
     title: str,
 ) -> list[Path]:
-    """`build_curves_figure` saved as `stem`.png and `stem`.svg; [] when nothing is drawn."""
+    """`build_curves_figure` saved as `stem`.png and `stem`.svg; [] when nothing is drawn.
+    Saved with the fixed salt, so that its SVG ids are the same from the same numbers (the
+    layout is that of the default settings, as it always was)."""
     fig = build_curves_figure(panels, styles, title=title)
-    return [] if fig is None else _save(fig, stem)
+    if fig is None:
+        return []
+    with matplotlib.rc_context({"svg.hashsalt": RC["svg.hashsalt"]}):
+        return _save(fig, stem)
