@@ -393,9 +393,9 @@ def test_each_table_has_a_booktabs_twin(tmp_path):
 def test_one_seed_says_so_and_prints_a_command_that_composes_the_same_runs(tmp_path):
     from omegaconf import OmegaConf
 
+    from benchmark.config import instantiate_method
     from benchmark.records import run_dir
     from benchmark.run import compose_all, expand
-    from methods.base import instantiate_method
 
     overrides = [["method=single_task"], ["method=full_ft"], ["method=mtlora", "method.rank=8"]]
     common = ["budget=smoke", "budget.lr=0.01", "dataset.train_size=24",

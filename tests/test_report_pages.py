@@ -7,11 +7,11 @@ import shlex
 
 from omegaconf import OmegaConf
 
+from benchmark.config import instantiate_method
 from benchmark.experiment import reference_dir
 from benchmark.records import run_dir
 from benchmark.report import build_groups, load, reference_command
 from benchmark.run import compose_all, expand
-from methods.base import instantiate_method
 from tests.conftest import SMALL_DATA
 from tests.test_report import make_record, write
 
