@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from benchmark import distributed
 from benchmark.backbone import weights_sha256
-from benchmark.config import cadence
+from benchmark.config import Execution, cadence, instantiate_method
 from benchmark.cost import device_name
 from benchmark.data import MultiTaskData, dataset_info, load_dataset
+from benchmark.distributed import resolve_device
 from benchmark.errors import UserError
 from benchmark.metrics import delta_m
 from benchmark.model import build_model
@@ -46,15 +47,7 @@ from benchmark.records import (
     run_lock,
     write_json_atomic,
 )
-from benchmark.train import (
-    Execution,
-    GroupResult,
-    TrainingDiverged,
-    execution_cost,
-    resolve_device,
-    train_and_evaluate,
-)
-from methods.base import instantiate_method
+from benchmark.train import GroupResult, TrainingDiverged, execution_cost, train_and_evaluate
 
 CONF_DIR = Path(__file__).parent / "conf"
 

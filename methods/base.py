@@ -15,13 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from torch import nn
 
 from benchmark.backbone import SwinBackbone
-from benchmark.errors import UserError
 from benchmark.model import Encoder
 
 
@@ -76,17 +72,3 @@ def unfreeze_norms(module: nn.Module) -> nn.Module:
         if isinstance(m, nn.LayerNorm):
             m.requires_grad_(True)
     return module
-
-
-def instantiate_method(method_cfg: DictConfig) -> Method:
-    try:
-        method = instantiate(method_cfg)
-    except InstantiationException as err:
-        cause = err.__cause__ or err
-        message = " ".join(str(cause).split())
-        raise UserError(f"method {method_cfg.get('name')}: {message}") from None
-    if not isinstance(method, Method):
-        raise UserError(
-            f"method._target_ {method_cfg.get('_target_')} is not a methods.base.Method subclass"
-        )
-    return method

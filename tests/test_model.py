@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from benchmark.backbone import SwinBackbone, TaskStreams, build_backbone, build_swin
@@ -15,23 +14,11 @@ from benchmark.model import (
     build_decoders,
     count_parameters,
 )
-from benchmark.run import CONF_DIR
 from methods.decoders_only import DecodersOnly
 from methods.full_ft import FullFineTuning
-from tests.helpers import DECODERS
+from tests.helpers import DECODERS, arch, tiny_backbone
 
 PASCAL_OUTPUTS = {"semseg": 21, "human_parts": 7, "sal": 1, "normals": 3}
-
-
-def arch(name: str):
-    cfg = OmegaConf.load(CONF_DIR / "backbone" / f"{name}.yaml")
-    cfg.weights = "none"
-    return cfg
-
-
-def tiny_backbone(image_size: int = 32) -> SwinBackbone:
-    torch.manual_seed(0)
-    return build_backbone(arch("swin_micro"), image_size, drop_path=0.0)
 
 
 def test_swin_tiny_stage_outputs_follow_the_official_layout():

@@ -12,8 +12,8 @@ from torch import nn
 
 from benchmark.backbone import TaskStreams, build_backbone
 from benchmark.errors import UserError
-from benchmark.perf import _flops
 from benchmark.run import compose_all, expand
+from benchmark.speed import count_flops as _flops
 from methods.lowrank import LoRALinear, LowRank
 from methods.tadformer import TADFormer, TADFormerEncoder, init_prompts_
 from methods.tadformer_blocks import (

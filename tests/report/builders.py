@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from benchmark.report.command import write_reports
 from benchmark.report.load import load
-from benchmark.run import compose_all, expand
+from benchmark.config import compose_all, expand
 from tests.conftest import SMALL_DATA
 
 TASKS = ["semseg", "human_parts", "sal", "normals"]

@@ -1,5 +1,6 @@
-"""Every configuration key is declared with a type and a range, and every invalid value of
-every key stops the command with one line and exit status 2 before anything trains."""
+"""`benchmark.config.schema` and `checks`: every configuration key is declared with a type
+and a range, and every invalid value of every key stops the command with one line and exit
+status 2 before anything trains."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import os
 import pytest
 
 from benchmark import run
-from benchmark.config import SCHEMA, leaf_keys, method_keys
+from benchmark.config import SCHEMA, choices, compose_all, expand, leaf_keys, method_keys
 from benchmark.errors import UserError
-from benchmark.run import choices, compose_all, expand
-from tests.conftest import SMALL_DATA, run_cli
+from tests.helpers import SMALL_DATA, run_cli
 
 
 def _keys_and_combos() -> dict[str, tuple[list[str], object]]:
@@ -153,21 +153,6 @@ def test_every_point_of_a_sweep_is_checked_before_the_first_runs(monkeypatch, ca
     monkeypatch.setattr(run, "run_sweep", lambda configs: pytest.fail("trained"))
     assert run.main(["budget.lr=0.01,abc"]) == 2
     assert "budget.lr must be a finite number > 0, got 'abc'" in capsys.readouterr().err
-
-
-def test_seeds_is_short_for_seed_0_to_n_minus_1():
-    combos = expand(["method=full_ft", "seeds=3"])
-    assert [c for c in combos] == [["method=full_ft", f"seed={i}"] for i in range(3)]
-    for bad in (["seeds=0"], ["seeds=abc"], ["seeds=2", "seed=5"], ["seed=5", "seeds=2"]):
-        with pytest.raises(UserError, match="seed"):
-            expand(bad)
-
-
-def test_make_bench_takes_seeds_and_the_quickstart_stays_one_seed():
-    from tests.conftest import ROOT
-
-    makefile = (ROOT / "Makefile").read_text()
-    assert "SEEDS ?= 1" in makefile and "seeds=$(SEEDS)" in makefile
 
 
 @pytest.mark.parametrize("kind", ["file", "proc", "readonly"])

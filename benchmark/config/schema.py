@@ -1,10 +1,10 @@
-"""The configuration's keys: each one's type and range, checked before anything trains.
+"""The configuration's keys: each one's type and range.
 
 Every key of the composed configuration (`conf/config.yaml` and its groups) has one line in
 `SCHEMA`; a method's options are checked against its constructor's annotations
-(`method_keys`), so a new method needs no line here. `check_config` runs for every point of
-a sweep before the first run starts and raises `UserError` with one line naming the key, the
-value and what it must be.
+(`benchmark.config.methods.method_keys`), so a new method needs no line here.
+`benchmark.config.checks.check_config` runs for every point of a sweep before the first run
+starts and raises `UserError` with one line naming the key, the value and what it must be.
 
 Adding a key: one line in `SCHEMA`, e.g. `"budget.label_smoothing": Float(ge=0, lt=1)`.
 """
@@ -12,17 +12,11 @@ Adding a key: one line in `SCHEMA`, e.g. `"budget.label_smoothing": Float(ge=0, 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import re
-import tempfile
-import types
-import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from benchmark.errors import UserError
 
@@ -327,143 +321,6 @@ def leaf_keys(cfg: DictConfig, prefix: str = "") -> dict[str, object]:
             out[name] = list(value) if isinstance(value, ListConfig) else value
     return out
 
-
-# -- method options, from the method's own declaration -------------------------------------
-
-
-def _key_for(annotation) -> Key | None:
-    """The key of a constructor annotation (bool, int, float, str, a sequence of str, each
-    possibly `| None`); None for what cannot be checked from the type alone."""
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        inner = _key_for(rest[0]) if len(rest) == 1 else None
-        return None if inner is None else type(inner)(**{**inner.__dict__, "null": True})
-    if annotation is bool:
-        return Bool()
-    if annotation is int:
-        return Int()
-    if annotation is float:
-        return Float()
-    if annotation is str:
-        return Str()
-    if origin is not None and issubclass(origin, Sequence) and args and args[0] is str:
-        return Texts()
-    return None
-
-
-def method_keys(target: str) -> dict[str, Key | None]:
-    """The options of the method class `target`, each with the key its constructor
-    annotation declares (None: not annotated); `**options` is followed to the base class."""
-    from hydra.utils import get_class
-
-    try:
-        cls = get_class(target)
-    except Exception:  # noqa: BLE001 (hydra raises several kinds; instantiation says why)
-        return {}
-    keys: dict[str, Key | None] = {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        try:
-            hints = typing.get_type_hints(klass.__init__)
-        except Exception:  # noqa: BLE001 (an annotation that does not resolve: no check)
-            hints = {}
-        params = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        for p in params:
-            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                continue
-            keys.setdefault(p.name, _key_for(hints[p.name]) if p.name in hints else None)
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return keys
-
-
-# -- checking a composed configuration -------------------------------------------------------
-
-
-def normalise(cfg: DictConfig) -> None:
-    """Forms a user may write for convenience, made canonical: `dataset.tasks=semseg`."""
-    tasks = cfg.dataset.get("tasks")
-    if isinstance(tasks, str):
-        with open_dict(cfg):
-            cfg.dataset.tasks = [tasks]
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Check every key of a composed configuration against `SCHEMA` (method options
-    against the method's constructor), then the rules that join several keys."""
-    normalise(cfg)
-    values = leaf_keys(cfg)
-    target = values.get("method._target_")
-    options = method_keys(target) if isinstance(target, str) else {}
-    for key, value in values.items():
-        if key in SCHEMA:
-            SCHEMA[key].check(key, value)
-        elif key.startswith("method."):
-            spec = options.get(key.split(".", 1)[1])
-            if spec is not None:
-                spec.check(key, value)
-    check_joint(cfg)
-
-
-def backbone_multiple(backbone: DictConfig) -> int:
-    """Image sizes `backbone` takes are multiples of this: the patch size times 2 per
-    patch merging, so that every stage's map has whole patches, unpadded."""
-    return int(backbone.patch_size) * 2 ** (len(backbone.depths) - 1)
-
-
-def check_joint(cfg: DictConfig) -> None:
-    backbone, dataset, budget = cfg.backbone, cfg.dataset, cfg.budget
-    if len(backbone.num_heads) != len(backbone.depths):
-        raise UserError(
-            f"backbone.num_heads {list(backbone.num_heads)} needs one entry per stage of "
-            f"backbone.depths {list(backbone.depths)}"
-        )
-    for i, heads in enumerate(backbone.num_heads):
-        width = backbone.embed_dim * 2**i
-        if width % heads:
-            raise UserError(
-                f"backbone.num_heads[{i}]={heads} does not divide stage {i + 1}'s width {width} "
-                f"(backbone.embed_dim={backbone.embed_dim} doubled per stage)"
-            )
-    multiple = backbone_multiple(backbone)
-    size = dataset.image_size
-    if size % multiple:
-        low = max(multiple, size // multiple * multiple)
-        raise UserError(
-            f"dataset.image_size={size}: backbone {backbone.name} takes multiples of {multiple} "
-            f"(patch {backbone.patch_size} x 2^{len(backbone.depths) - 1} merges), e.g. "
-            f"{low} or {low + multiple}"
-        )
-    if "train_size" in dataset and dataset.train_size < budget.batch_size:
-        raise UserError(
-            f"dataset.train_size={dataset.train_size} is smaller than budget.batch_size="
-            f"{budget.batch_size}: no full batch to train on; raise the one or lower the other"
-        )
-
-
-# -- output paths ------------------------------------------------------------------------------
-
-
-def check_output_dir(path: str | Path, key: str) -> Path:
-    """`path` exists as a directory (created if needed) in which files can be written; a
-    one-line `UserError` naming the path and the problem otherwise."""
-    path = Path(path).expanduser()
-    for part in [path, *path.parents]:
-        if part.exists() and not part.is_dir():
-            raise UserError(f"{key}={path}: {part} is a file, not a directory; give a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise UserError(
-            f"{key}={path}: cannot write there ({reason.lower()}); give a writable directory"
-        ) from None
-    return path
 
 
 def parse_value(text: str) -> object:
