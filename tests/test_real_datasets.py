@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.config import compose_all
 from benchmark.data import dataset_info, labels_at_original_size, load_real_split
 from benchmark.errors import UserError
-from benchmark.config import compose_all
 from benchmark.run import main as run_main
 from tests.real_trees import (
     BOTH_IDS,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from benchmark.config import compose_all, expand
 from benchmark.report.command import write_reports
 from benchmark.report.load import load
-from benchmark.config import compose_all, expand
 from tests.conftest import SMALL_DATA
 
 TASKS = ["semseg", "human_parts", "sal", "normals"]

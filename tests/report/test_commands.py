@@ -5,12 +5,11 @@ import shlex
 
 from omegaconf import OmegaConf
 
+from benchmark.config import compose_all, expand, instantiate_method
 from benchmark.experiment import reference_dir
 from benchmark.records import run_dir
 from benchmark.report.commands import reference_command
 from benchmark.report.groups import build_groups
-from benchmark.config import compose_all, expand
-from benchmark.config import instantiate_method
 from tests.report.builders import (
     build,
     make_record,
