@@ -137,7 +137,9 @@ def _warn_once(message: str) -> None:
 def require_weights(cfg: DictConfig, dataset: str) -> None:
     """Real-data runs start from ImageNet weights (protocol §2.1): stop when none were given,
     naming the checkpoint to obtain, unless `backbone.weights=none` asks for random init."""
-    if cfg.get("weights") is not None or dataset == "synthetic":
+    from benchmark.data.registry import trains_from_pretrained
+
+    if cfg.get("weights") is not None or not trains_from_pretrained(dataset):
         return
     timm_name, official = cfg.get("timm_checkpoint"), cfg.get("official_checkpoint")
     where = (

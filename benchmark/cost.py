@@ -35,6 +35,12 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a CUDA device; nothing to wait for elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class PeakMemory:
     """Context manager; `.mb` holds the peak in MiB afterwards (None if not measurable).
 

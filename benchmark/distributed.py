@@ -205,3 +205,23 @@ def check_replicas(module: nn.Module) -> None:
                 f"the model on rank {rank} differs from rank 0's in {names[int(differ[0])]} "
                 f"(and {len(differ) - 1} more tensors)"
             )
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device of `device=NAME`, CUDA always with its index (`device_for`);
+    under torchrun, CUDA means this rank's GPU."""
+    if name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"unknown device={name}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA device is visible; use device=cpu or auto")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise UserError(
+            f"device={name} but {count} CUDA devices are visible; use cuda:0 to cuda:{count - 1}"
+        )
+    return device_for(device)

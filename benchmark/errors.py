@@ -24,5 +24,14 @@ def report_user_error(err: UserError) -> int:
 
 
 def first_line(err: BaseException) -> str:
-    """The first non-empty line of `err`'s message, stripped; "" when it has none."""
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    """`err`'s message as one line: its first non-empty line, stripped ("" when it has none),
+    and where hydra lists the choices on the lines after it ("Available options ..."), those
+    choices."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    text = lines[0]
+    if len(lines) > 1 and lines[1].startswith("Available options"):
+        end = next((i for i, line in enumerate(lines) if line.startswith("Config search")), None)
+        text += f"; choose from {', '.join(lines[2:end])}"
+    return text

@@ -132,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
         return 0
+    from benchmark.config import compose_all, pop_options
     from benchmark.data import REAL_DATASETS
-    from benchmark.run import compose_all, pop_options
 
     options, overrides = pop_options(argv, {"predictions": None})
     try:

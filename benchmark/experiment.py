@@ -28,14 +28,17 @@ from tqdm.auto import tqdm
 
 from benchmark import distributed
 from benchmark.backbone import weights_sha256
-from benchmark.config import cadence
+from benchmark.config import Execution, cadence, instantiate_method
 from benchmark.cost import device_name
 from benchmark.data import MultiTaskData, dataset_info, load_dataset
+from benchmark.distributed import resolve_device
 from benchmark.errors import UserError
 from benchmark.metrics import delta_m
 from benchmark.model import build_model
 from benchmark.records import (
-    SCHEMA,
+    REFERENCE_METHOD,
+    Record,
+    Run,
     RunBusy,
     clear_leftovers,
     finished_record,
@@ -44,19 +47,9 @@ from benchmark.records import (
     run_lock,
     write_json_atomic,
 )
-from benchmark.tasks import TASKS
-from benchmark.train import (
-    Execution,
-    GroupResult,
-    TrainingDiverged,
-    execution_cost,
-    resolve_device,
-    train_and_evaluate,
-)
-from methods.base import instantiate_method
+from benchmark.train import GroupResult, TrainingDiverged, execution_cost, train_and_evaluate
 
 CONF_DIR = Path(__file__).parent / "conf"
-REFERENCE_METHOD = "single_task"
 
 
 def reference_config(cfg: DictConfig) -> DictConfig:
@@ -315,23 +308,20 @@ def clear_run_state(directory: Path) -> None:
 
 
 def failed_record(cfg: DictConfig, method, message: str) -> dict:
-    return {
-        "schema": SCHEMA,
-        "status": "failed",
-        "error": message,
-        "method": method.name,
-        "label": method.label,
-        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
-        "dataset": cfg.dataset.name,
-        "tasks": list(cfg.dataset.tasks),
-        "backbone": cfg.backbone.name,
-        "budget": cfg.budget.name,
-        "seed": cfg.seed,
-        "eval_resolution": dataset_info(cfg.dataset).eval_resolution,
-        "weights_sha256": weights_sha256(cfg.backbone),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": versions(),
-    }
+    return Record.failed(Run(
+        method=method.name,
+        label=method.label,
+        method_config=OmegaConf.to_container(cfg.method, resolve=True),
+        dataset=cfg.dataset.name,
+        tasks=list(cfg.dataset.tasks),
+        backbone=cfg.backbone.name,
+        budget=cfg.budget.name,
+        seed=cfg.seed,
+        eval_resolution=dataset_info(cfg.dataset).eval_resolution,
+        weights_sha256=weights_sha256(cfg.backbone),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        versions=versions(),
+    ), message)
 
 
 def make_record(cfg, method, directory: Path, results: list[GroupResult], reference) -> dict:
@@ -348,30 +338,31 @@ def make_record(cfg, method, directory: Path, results: list[GroupResult], refere
     seconds = sum(r.train_seconds for r in results)
     images = sum(r.train_images for r in results)
     peaks = [r.peak_memory_mb for r in results if r.peak_memory_mb is not None]
-    return {
-        "schema": SCHEMA,
-        "status": "ok",
-        "error": None,
-        "method": method.name,
-        "label": method.label,
-        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
-        "dataset": info.name,
-        "tasks": info.tasks,
-        "backbone": cfg.backbone.name,
-        "budget": cfg.budget.name,
-        "seed": cfg.seed,
-        "eval_resolution": info.eval_resolution,
-        "params": {
+    run = Run(
+        method=method.name,
+        label=method.label,
+        method_config=OmegaConf.to_container(cfg.method, resolve=True),
+        dataset=info.name,
+        tasks=info.tasks,
+        backbone=cfg.backbone.name,
+        budget=cfg.budget.name,
+        seed=cfg.seed,
+        eval_resolution=info.eval_resolution,
+        weights_sha256=weights_sha256(cfg.backbone),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        versions=versions(),
+    )
+    return Record.finished(
+        run,
+        params={
             "trainable": sum(r.trainable for r in results),
             "total": sum(r.total for r in results),
             "decoders": sum(r.decoders for r in results),
         },
-        "metrics": metrics,
-        "primary": {t: TASKS[t].primary_key for t in info.tasks},
-        "delta_m": score,
-        "reference": None if reference is None else reference.get("run_dir"),
-        "weights_sha256": weights_sha256(cfg.backbone),
-        "cost": {
+        metrics=metrics,
+        delta_m=score,
+        reference=None if reference is None else reference.get("run_dir"),
+        cost={
             "train_seconds": seconds,
             "checkpoint_seconds": sum(r.checkpoint_seconds for r in results),
             "train_images": images,
@@ -382,12 +373,10 @@ def make_record(cfg, method, directory: Path, results: list[GroupResult], refere
             "world_size": distributed.current().size,
             **execution_cost(results),
         },
-        "final_loss": {"+".join(r.tasks): r.final_loss for r in results},
-        "curves": learning_curves(results),
-        "run_dir": str(directory),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": versions(),
-    }
+        final_loss={"+".join(r.tasks): r.final_loss for r in results},
+        curves=learning_curves(results),
+        run_dir=str(directory),
+    )
 
 
 def learning_curves(results: list[GroupResult]) -> dict:

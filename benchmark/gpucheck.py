@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.config import parse_options
 from benchmark.errors import UserError, report_user_error
-from benchmark.run import pop_options
 
 STEPS = ("perf", "train", "torchrun", "tests")
 TOTAL_SECONDS = 8 * 60
@@ -262,11 +262,9 @@ def write_summary(out: Path, cuda: bool, device: str, command: str, steps: list[
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    options, rest = pop_options(argv, {"output_dir": None, "steps": ",".join(STEPS)})
     try:
-        if rest:
-            raise UserError(f"unknown arguments {' '.join(rest)}; give output_dir=DIR "
-                            f"[steps={','.join(STEPS)}]")
+        options = parse_options(argv, {"output_dir": None, "steps": ",".join(STEPS)},
+                                f"give output_dir=DIR [steps={','.join(STEPS)}]", __doc__)
         if not options["output_dir"]:
             raise UserError("give output_dir=DIR (where records, perf rows and logs go)")
         chosen = [s for s in options["steps"].split(",") if s]

@@ -36,6 +36,7 @@ import datetime
 import fcntl
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -95,9 +96,9 @@ def plan_waves(
     """The jobs of a sweep, as override lists in waves (references, then the rest), and a
     line for every run left out because it is finished. `configs[i]` is what `combos[i]`
     composes to."""
+    from benchmark.config import instantiate_method
     from benchmark.experiment import REFERENCE_METHOD, reference_dir
     from benchmark.records import finished_record, run_dir
-    from methods.base import instantiate_method
 
     references: dict[Path, list[str]] = {}
     others: list[list[str]] = []
@@ -165,7 +166,10 @@ def launch_sweep(
                     "config", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=True
                 )
             except (HydraException, OmegaConfBaseException) as err:
-                raise UserError(_one_line(err)) from None
+                text = first_line(err)
+                if "hydra/launcher" in text:
+                    text += f" ({INSTALL_HINT})"
+                raise UserError(text) from None
             waves, skipped = plan_waves(configs, combos)
             for line in skipped:
                 print(line)
@@ -185,26 +189,12 @@ def launch_sweep(
                 first += len(wave)
     finally:
         GlobalHydra.instance().clear()
-    status = _summary(returns)
-    for place in sorted({os.path.abspath(c.results_dir) for c in configs}):
-        print(f"records are in {place}/; the report: python -m benchmark.report "
-              f"results_dir={place}")
-    return status
+    return _summary(returns, [os.path.abspath(c.results_dir) for c in configs])
 
 
-def _one_line(err: Exception) -> str:
-    """Hydra's error as one line: its first line, and the choices where it lists them."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = lines[0]
-    if len(lines) > 1 and lines[1].startswith("Available options"):
-        end = next((i for i, line in enumerate(lines) if line.startswith("Config search")), None)
-        text += f"; choose from {', '.join(lines[2:end])}"
-    if "hydra/launcher" in text:
-        text += f" ({INSTALL_HINT})"
-    return text
-
-
-def _summary(returns) -> int:
+def _summary(returns, places: Sequence[str] = ()) -> int:
+    """Print what each of the launcher's jobs returned (on stdout, as a sweep in one process
+    prints each run's), then the count of jobs and `print_summary`'s lines."""
     from hydra.core.utils import JobStatus
 
     failures, busy = [], []
@@ -222,13 +212,23 @@ def _summary(returns) -> int:
             busy.append(outcome["run"])
         else:
             finished += 1
-    print(f"{len(returns)} jobs: {finished} finished")
+    print(f"{len(returns)} jobs: {finished} finished", file=sys.stderr)
+    return print_summary(failures, busy, places)
+
+
+def print_summary(failures: Sequence[str], busy: Sequence[str], places: Sequence[str]) -> int:
+    """The end of a sweep, in one process or through a launcher, on stderr: the runs left to
+    other processes, where the records are, the runs that failed; the exit status (0 all
+    finished, 1 some failed)."""
     if busy:
-        print(f"{len(busy)} runs were left to the processes training them")
+        print(f"{len(busy)} runs were left to the processes training them", file=sys.stderr)
+    for place in sorted(set(places)):
+        print(f"records are in {place}/; the report: python -m benchmark.report "
+              f"results_dir={place}", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} runs failed:")
+        print(f"{len(failures)} runs failed:", file=sys.stderr)
         for line in failures:
-            print(f"  {line}")
+            print(f"  {line}", file=sys.stderr)
         return 1
     return 0
 
@@ -236,9 +236,9 @@ def _summary(returns) -> int:
 def run_point(cfg: DictConfig) -> dict:
     """A launcher's job: one sweep point, in whatever process the launcher runs it.
     Returns what happened as a small dict (launchers send it back to the sweep)."""
+    from benchmark.config import instantiate_method
     from benchmark.experiment import RunFailed, run_experiment
     from benchmark.records import RunBusy
-    from methods.base import instantiate_method
 
     run = f"{instantiate_method(cfg.method).label} seed {cfg.seed}"
     failures: list[str] = []

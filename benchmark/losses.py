@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from benchmark.tasks import IGNORE_INDEX, TASKS, single_channel_label, task_spec
+from benchmark.tasks import IGNORE_INDEX, TASKS, check_normals, single_channel_label, task_spec
 
 __all__ = ["EDGE_POS_WEIGHT", "MultiTaskLoss", "balanced_bce", "task_loss"]
 
@@ -110,11 +110,7 @@ def balanced_bce(pred: Tensor, target: Tensor, pos_weight: float | None = None) 
 
 @_float32
 def _normals_l1(pred: Tensor, target: Tensor) -> Tensor:
-    if pred.dim() != 4 or pred.shape[1] != 3 or target.shape != pred.shape:
-        raise ValueError(
-            "normals: expected prediction and label of the same shape (N, 3, H, W), got "
-            f"{tuple(pred.shape)} and {tuple(target.shape)}"
-        )
+    check_normals(pred, target)
     target = target.float()
     valid = (target != 0).any(dim=1, keepdim=True)
     diff = (F.normalize(pred, dim=1) - target).abs()

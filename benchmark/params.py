@@ -18,14 +18,13 @@ from collections.abc import Sequence
 import torch
 from tabulate import tabulate
 
+from benchmark.config import compose_all, expand, instantiate_method, pop_options
 from benchmark.errors import UserError, report_user_error
-from benchmark.run import compose_all, expand, pop_options
 
 
 def count(cfg) -> dict:
     from benchmark.data import dataset_info
     from benchmark.model import build_model, count_parameters
-    from methods.base import instantiate_method
 
     method = instantiate_method(cfg.method)
     info = dataset_info(cfg.dataset)
@@ -52,7 +51,7 @@ def count(cfg) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    options, rest = pop_options(argv, {"format": "table"})
+    options, rest = pop_options(argv, {"format": "table"}, __doc__)
     fmt = options["format"]
     try:
         if fmt not in ("table", "json"):

@@ -45,9 +45,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,48 +53,25 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from tabulate import tabulate
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from tqdm.auto import tqdm
 
-from benchmark.cost import PeakMemory, device_name
+from benchmark.config import Execution, compose_all, expand, instantiate_method, pop_options
+from benchmark.cost import PeakMemory, device_name, synchronize
 from benchmark.data import Split
+from benchmark.distributed import resolve_device
 from benchmark.errors import UserError, first_line, report_user_error
 from benchmark.losses import MultiTaskLoss
-from benchmark.precision import autocast, effective, set_matmul_precision, training_precision
-from benchmark.run import compose_all, expand, pop_options
-from benchmark.tasks import IGNORE_INDEX
-from benchmark.train import (
-    Execution,
-    TrainStep,
-    checkpoints_written,
-    compile_module,
-    param_groups,
-    resolve_device,
-    set_fused_attention,
+from benchmark.perf_report import fmt_rate, fmt_ratio, write_report
+from benchmark.precision import autocast, effective, training_precision
+from benchmark.speed import (
+    checkpoint_seconds,
+    count_flops,
+    matmul_rate,
+    paper_budget_hours,
+    spec_peak,
 )
-
-# the paper's budget: 300 epochs of the 4,998 PASCAL-Context training images, each epoch
-# followed by an evaluation of the 5,105 validation images
-PAPER_EPOCHS = 300
-PAPER_BUDGET_IMAGES = PAPER_EPOCHS * 4_998
-PAPER_VAL_IMAGES = 5_105
-# datasheet dense peaks (FLOP/s) by device name and precision: H100 and H200 SXM
-SPEC_SHEET_PEAKS = {
-    ("H100", "bf16"): 989e12, ("H100", "fp16"): 989e12, ("H100", "fp32"): 67e12,
-    ("H200", "bf16"): 989e12, ("H200", "fp16"): 989e12, ("H200", "fp32"): 67e12,
-}
-
-
-def spec_peak(device_name: str, precision: str) -> float | None:
-    """The datasheet's dense peak of an H100/H200 SXM in `precision`; None for other
-    devices (PCIe H100s have a lower one and are not in the table)."""
-    name = device_name.upper()
-    if "PCIE" in name:
-        return None
-    for (model, p), peak in SPEC_SHEET_PEAKS.items():
-        if model in name and p == precision:
-            return peak
-    return None
+from benchmark.tasks import IGNORE_INDEX
+from benchmark.train import TrainStep, compile_module, param_groups, set_fused_attention
 
 
 def fake_batch(info, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -119,56 +94,16 @@ def fake_batch(info, batch_size: int, device: torch.device) -> dict[str, torch.T
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device, steps: int, warmup: int) -> float:
     """Seconds per call of `fn`, after `warmup` calls."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - start) / steps
-
-
-def matmul_rate(
-    device: torch.device, precision: str = "bf16", min_seconds: float | None = None
-) -> tuple[float, str, float]:
-    """Measured FLOP/s of a large square matrix multiply in `precision` (float32 on a CPU),
-    its dtype's name, and the seconds it was timed: after a warm-up, whole rounds until at
-    least `min_seconds` (1 s on CUDA) have passed."""
-    precision = effective(device, precision)
-    set_matmul_precision(device, precision)
-    if device.type == "cuda":
-        n = 8192
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        min_seconds = 1.0 if min_seconds is None else min_seconds
-    else:
-        n, dtype = 1024, torch.float32
-        min_seconds = 0.25 if min_seconds is None else min_seconds
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    calls, start = 0, time.perf_counter()
-    while True:
-        for _ in range(10 if device.type == "cuda" else 1):
-            a @ b
-            calls += 1
-        _sync(device)
-        seconds = time.perf_counter() - start
-        if seconds >= min_seconds:
-            break
-    name = str(dtype).replace("torch.", "")
-    if dtype == torch.float32 and device.type == "cuda":
-        name += " (TF32 off)"
-    return 2 * n**3 * calls / seconds, name, seconds
 
 
 def _step_fn(model, batch, criterion, optimizer, device, precision, clip: float | None = None):
@@ -233,62 +168,20 @@ def _timed_loader(train_step, loader, device: torch.device, steps: int, warmup: 
     stream = batches()
     for i in range(warmup):
         train_step(next(stream), i)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for i in range(steps):
         train_step(next(stream), warmup + i)
-    _sync(device)
+    synchronize(device)
     seconds = (time.perf_counter() - start) / steps
     stream.close()
     return seconds
-
-
-def checkpoint_seconds(model, optimizer) -> float:
-    """Seconds to write this model's checkpoint (model and optimiser state, fsynced) to a
-    temporary file: the per-epoch checkpoint cost of `paper_budget_hours`."""
-    blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        with open(os.path.join(tmp, "checkpoint.pt"), "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        return time.perf_counter() - start
-
-
-def paper_budget_hours(train_ips: float, infer_ips: float, checkpoint_s: float) -> float:
-    """Hours of the paper's budget: training, one evaluation per epoch, and the checkpoints
-    the training loop writes at its default cadence (`train.checkpoints_written`)."""
-    train_s = PAPER_BUDGET_IMAGES / train_ips
-    checkpoints = checkpoints_written(train_s, PAPER_EPOCHS)
-    seconds = train_s + PAPER_EPOCHS * PAPER_VAL_IMAGES / infer_ips + checkpoints * checkpoint_s
-    return seconds / 3600
-
-
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
-                         _dilation, transposed, _output_padding, _groups, output_mask,
-                         out_shape=None, **_) -> int:
-    """A convolution's backward: the input gradient and the weight gradient each cost what
-    the forward costs (the weight's shape already holds the grouping). PyTorch's own
-    formula ignores `groups` here and counts a depthwise convolution's backward as if it
-    were dense (65x the forward at 64 groups), which inflated TADFormer's per-sample
-    depthwise filters (grouped per sample) to tens of GFLOP per image at 64 px."""
-    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
-    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
-
-
-def _flops(fn) -> int:
-    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def measure(cfg: DictConfig, steps: int, warmup: int, rate: float, peak: float | None = None
             ) -> dict:
     from benchmark.data import BatchLoader, dataset_info, place_split
     from benchmark.model import build_model, count_parameters
-    from methods.base import instantiate_method
 
     device = resolve_device(cfg.device)
     method = instantiate_method(cfg.method)
@@ -324,7 +217,7 @@ def measure(cfg: DictConfig, steps: int, warmup: int, rate: float, peak: float |
         criterion = MultiTaskLoss(tasks)
         # FLOPs are counted on the eager model: compiled kernels escape the counter
         model.train()
-        train_flops += _flops(_step_fn(model, sub, criterion, optimizer, device, precision,
+        train_flops += count_flops(_step_fn(model, sub, criterion, optimizer, device, precision,
                                        cfg.budget.clip_grad))
         runner, probe = compile_module(model) if execution.compile else (model, None)
         loader = BatchLoader(split, tasks, batch_size, device, shuffle=True, augment=True,
@@ -343,7 +236,7 @@ def measure(cfg: DictConfig, steps: int, warmup: int, rate: float, peak: float |
             compiled.append(probe.compiled)
         peak_mb = max(peak_mb or 0.0, memory.mb or 0.0)
         model.eval()
-        forward_flops += _flops(_forward_fn(model, sub["image"], device, precision))
+        forward_flops += count_flops(_forward_fn(model, sub["image"], device, precision))
         forward = _forward_fn(runner, sub["image"], device, precision)
         infer_s += _timed(forward, device, steps, warmup)
         checkpoint_s += checkpoint_seconds(model, optimizer)
@@ -427,83 +320,11 @@ def measure_bare(cfg: DictConfig, steps: int, warmup: int) -> float:
     return cfg.budget.batch_size / _timed(step, device, steps, warmup)
 
 
-def _rate(value: float | None) -> str:
-    """A rate with three significant figures (a slow CPU's 0.04 images/s is not 0.0)."""
-    if value is None:
-        return "–"
-    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
-
-
-def _ratio(row: dict, key: str) -> str:
-    return "–" if row.get(key) is None else f"{row[key]:.2f}"
-
-
-def _hours(row: dict) -> str:
-    """The paper budget's hours at the row's rate (rows older than the column: computed)."""
-    hours = row.get("paper_budget_hours")
-    if hours is None:
-        hours = PAPER_BUDGET_IMAGES / row["train_images_per_second"] / 3600  # training only
-    return f"{hours:.2f}" if hours < 10 else f"{hours:.0f}"
-
-
-def write_report(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Speed",
-        "",
-        "Generated by `python -m benchmark.perf` from `results/perf/perf.jsonl` (synthetic",
-        "inputs; training = the trainer's own step on batches from its data pipeline). MFU is",
-        "measured against the matrix-multiply rate that the same command measured on the same",
-        "device (`MFU spec`: against the datasheet peak, H100/H200 only). `harness/minimal`:",
-        "the trainer's rate over a minimal loop of the same model and settings (the harness's",
-        "overhead). `harness/bare`: full fine-tuning over a bare timm Swin of the same shape",
-        "(the decoders are 18 % of full FT's FLOPs at Swin-T 448: at most about 0.82).",
-        "`paper budget h`: hours for the paper's budget (300 epochs of 4,998 images, each with",
-        "an evaluation of 5,105 images and a checkpoint) at the row's rates; an estimate of the",
-        "paper's cost only at its shape (Swin-T, 448x448, batch 32).",
-        "",
-    ]
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:  # one section per invocation, the latest first
-        key = (row.get("run", row["date"]), row["device"], row["backbone"], row["image_size"],
-               row["batch_size"], row["date"])
-        groups.setdefault(key, []).append(row)
-    for (_, device, backbone, size, batch, date), group in sorted(
-        groups.items(), key=lambda item: item[0][0], reverse=True
-    ):
-        first = group[0]
-        lines += [
-            f"## {device} · {backbone} · {size}x{size} · batch {batch} · {date}",
-            "",
-            f"Matrix-multiply rate: {first['matmul_tflops']:.2f} TFLOP/s "
-            f"({first['matmul_dtype']}); "
-            f"bare timm Swin: {_rate(first['bare_images_per_second'])} images/s; "
-            f"torch {first['torch']}; command: `{first['command']}`.",
-            "",
-        ]
-        table = [
-            [
-                r["label"] + (" (compiled)" if r.get("compile") else ""),
-                _rate(r["train_images_per_second"]),
-                _rate(r["inference_images_per_second"]),
-                "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
-                f"{r['train_flops_per_image'] / 1e9:.2f}", f"{r['mfu']:.3f}",
-                "–" if r.get("mfu_spec") is None else f"{r['mfu_spec']:.3f}",
-                _ratio(r, "harness_vs_minimal"), _ratio(r, "harness_vs_bare"),
-                _hours(r),
-            ]
-            for r in sorted(group, key=lambda r: -r["train_images_per_second"])
-        ]
-        headers = ["method", "train img/s", "infer img/s", "peak MB", "train GFLOP/img", "MFU",
-                   "MFU spec", "harness/minimal", "harness/bare", "paper budget h"]
-        lines += [tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), ""]
-    path.write_text("\n".join(lines))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     options, rest = pop_options(
-        argv, {"format": "table", "steps": None, "warmup": None, "output_dir": "reports"}
+        argv, {"format": "table", "steps": None, "warmup": None, "output_dir": "reports"},
+        __doc__,
     )
     try:
         if options["format"] not in ("table", "json"):
@@ -569,16 +390,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_report(history, report_file)
     if options["format"] == "table" and rows:
         table = [
-            [r["label"], _rate(r["train_images_per_second"]),
-             _rate(r["inference_images_per_second"]),
+            [r["label"], fmt_rate(r["train_images_per_second"]),
+             fmt_rate(r["inference_images_per_second"]),
              "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
              f"{r['train_flops_per_image'] / 1e9:.3f}", f"{r['mfu']:.3f}",
-             _ratio(r, "harness_vs_minimal")]
+             fmt_ratio(r, "harness_vs_minimal")]
             for r in rows
         ]
         print(f"{rows[0]['device']}: matmul {rate / 1e12:.2f} TFLOP/s ({dtype}); "
-              f"bare Swin {_rate(rows[0]['bare_images_per_second'])} images/s; "
-              "harness_vs_bare " + _ratio(rows[0], "harness_vs_bare"))
+              f"bare Swin {fmt_rate(rows[0]['bare_images_per_second'])} images/s; "
+              "harness_vs_bare " + fmt_ratio(rows[0], "harness_vs_bare"))
         print(tabulate(table, headers=["method", "train img/s", "infer img/s", "peak MB",
                                        "train GFLOP/img", "MFU", "harness/minimal"]))
     print(f"appended {len(rows)} rows to {perf_file}; wrote {report_file}", file=sys.stderr)

@@ -40,10 +40,17 @@ from tqdm.auto import tqdm
 
 from benchmark.atomic import atomic_write
 from benchmark.backbone import build_swin
-from benchmark.config import Float, Int, Str, check_output_dir, parse_value
+from benchmark.config import (
+    CONF_DIR,
+    Float,
+    Int,
+    Str,
+    check_output_dir,
+    parse_options,
+    parse_value,
+)
 from benchmark.data import IMAGENET_MEAN, IMAGENET_STD
 from benchmark.errors import UserError, report_user_error
-from benchmark.run import CONF_DIR
 
 OUTPUT_NAME = "swin_micro_upstream.safetensors"
 
@@ -76,19 +83,18 @@ KEYS = {
 
 
 def default_output() -> Path:
-    from benchmark.data.synthetic import cache_dir
+    from benchmark.data.cache import cache_dir
 
     return cache_dir() / "weights" / OUTPUT_NAME
 
 
 def parse(argv: Sequence[str]) -> dict:
     """The settings of a command line, each checked (one-line `UserError`s)."""
+    given = parse_options(argv, dict.fromkeys(DEFAULTS), f"keys: {', '.join(DEFAULTS)}")
     settings = dict(DEFAULTS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in settings:
-            raise UserError(f"unknown argument {arg!r}; keys: {', '.join(settings)}")
-        settings[key] = value if key == "output" else parse_value(value)
+    for key, value in given.items():
+        if value is not None:
+            settings[key] = value if key == "output" else parse_value(value)
     for key, spec in KEYS.items():
         spec.check(key, settings[key])
     if settings["image_size"] % 32:

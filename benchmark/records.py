@@ -1,5 +1,9 @@
 """Result records (protocol §5.2): where a run's record lives, and writing and reading it.
 
+A record is a `Record`: built by `Record.finished` or `Record.failed` (the fields in the
+order they are written), checked by `Record.problem` before the report uses it, and
+migrated to today's names when read (`migrate_record`).
+
 A run's directory is named by what determines its result: the method and its options, the
 dataset, the backbone, the budget, the seed and the sha256 of the weights it starts from
 (so a changed checkpoint never mixes its results with the old one's). Paths and
@@ -19,14 +23,17 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.atomic import atomic_write
+from benchmark.tasks import TASKS
 
 SCHEMA = 1
 KNOWN_SCHEMAS = (1,)  # the record versions this code reads; others are skipped with a warning
+REFERENCE_METHOD = "single_task"  # the method Δm is measured against (protocol §1.4)
 # Keys that locate files rather than define the experiment.
 _NOT_IN_KEY = {"root", "cache_dir"}
 # Options added to a config group after records of it existed, with their default: at the
@@ -101,6 +108,124 @@ def migrate_record(record: dict) -> dict:
     if isinstance(normals, dict) and "rmse" in normals and "rms" not in normals:
         normals["rms"] = normals.pop("rmse")
     return record
+
+
+# The fields of a record in the order they are written; a failed run's record has those
+# of `Run` and `error` only.
+FIELDS = (
+    "schema", "status", "error", "method", "label", "method_config", "dataset", "tasks",
+    "backbone", "budget", "seed", "eval_resolution", "params", "metrics", "primary",
+    "delta_m", "reference", "weights_sha256", "cost", "final_loss", "curves", "run_dir",
+    "config", "versions",
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every record says about its run, finished or failed."""
+
+    method: str
+    label: str
+    method_config: dict
+    dataset: str
+    tasks: list[str]
+    backbone: str
+    budget: str
+    seed: int
+    eval_resolution: str
+    weights_sha256: str | None
+    config: dict
+    versions: dict
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+# The fields every record must have, and what a valid value is.
+_REQUIRED = {
+    "status": lambda v: v in ("ok", "failed"),
+    "method": _is_text,
+    "label": _is_text,
+    "dataset": _is_text,
+    "backbone": _is_text,
+    "budget": _is_text,
+    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "tasks": lambda v: isinstance(v, list) and bool(v) and all(t in TASKS for t in v),
+}
+
+
+class Record(dict):
+    """A result record: the JSON object of `result.json`, its fields in `FIELDS` order."""
+
+    @classmethod
+    def _of(cls, run: Run, **fields) -> Record:
+        values = {"schema": SCHEMA, **fields, **asdict(run)}
+        return cls((key, values[key]) for key in FIELDS if key in values)
+
+    @classmethod
+    def finished(
+        cls, run: Run, *, params: dict, metrics: dict, delta_m: float | None,
+        reference: str | None, cost: dict, final_loss: dict, curves: dict, run_dir: str,
+    ) -> Record:
+        """The record of a run that finished; `primary` names each task's primary metric."""
+        primary = {t: TASKS[t].primary_key for t in run.tasks}
+        return cls._of(
+            run, status="ok", error=None, params=params, metrics=metrics, primary=primary,
+            delta_m=delta_m, reference=reference, cost=cost, final_loss=final_loss,
+            curves=curves, run_dir=run_dir,
+        )
+
+    @classmethod
+    def failed(cls, run: Run, error: str) -> Record:
+        """The record of a run that stopped with `error`."""
+        return cls._of(run, status="failed", error=error)
+
+    @staticmethod
+    def unknown_schema(record: dict) -> str | None:
+        """Why this code cannot read `record`'s version, or None when it can."""
+        if record.get("schema") in KNOWN_SCHEMAS:
+            return None
+        return (f"unknown schema version {record.get('schema')!r} (this version reads "
+                f"{', '.join(map(str, KNOWN_SCHEMAS))}; a newer mtpeft wrote it?)")
+
+    @staticmethod
+    def problem(record: dict | None) -> str | None:
+        """Why `record` cannot be reported, or None when it can."""
+        if record is None:
+            return "not valid JSON, or not a JSON object"
+        for key, valid in _REQUIRED.items():
+            if key not in record:
+                return f"missing field {key!r}"
+            if not valid(record[key]):
+                return f"invalid {key!r}: {record[key]!r}"
+        if record["status"] == "failed":
+            error = record.get("error")
+            return None if error is None or isinstance(error, str) else "invalid 'error'"
+        metrics = record.get("metrics")
+        if not isinstance(metrics, dict):
+            return "missing field 'metrics'"
+        for task in record["tasks"]:
+            values = metrics.get(task)
+            if not isinstance(values, dict) or not _is_number(values.get(TASKS[task].primary)):
+                return f"no {TASKS[task].primary_key} in 'metrics'"
+            if not all(v is None or _is_number(v) for v in values.values()):
+                return f"non-numeric value in metrics[{task!r}]"
+        params = record.get("params")
+        if not isinstance(params, dict) or not _is_number(params.get("trainable")):
+            return "missing 'params.trainable'"
+        cost = record.get("cost", {})
+        if cost is not None and not isinstance(cost, dict):
+            return "invalid 'cost'"
+        for key in ("train_seconds", "peak_memory_mb", "train_images_per_second"):
+            value = (cost or {}).get(key)
+            if value is not None and not _is_number(value):
+                return f"invalid 'cost.{key}'"
+        return None
 
 
 def finished_record(directory: Path) -> dict | None:

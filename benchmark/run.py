@@ -29,183 +29,26 @@ launcher, one job per run (`benchmark.launch`).
 from __future__ import annotations
 
 import _thread
-import itertools
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from benchmark import distributed
-from benchmark.config import check_config, check_output_dir
+from benchmark.config import (  # noqa: F401 (CONF_DIR, sweep_methods: the old import path)
+    CONF_DIR,
+    GROUPS,
+    choices,
+    compose_all,
+    expand,
+    instantiate_method,
+    sweep_methods,
+)
 from benchmark.errors import UserError, report_user_error
-
-CONF_DIR = Path(__file__).parent / "conf"
-GROUPS = ("method", "dataset", "backbone", "budget")
-
-
-def choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def sweep_methods(name: str) -> list[str]:
-    path = CONF_DIR / "sweep" / f"{name}.yaml"
-    if not path.exists():
-        raise UserError(f"unknown sweep {name!r}; choose from {', '.join(choices('sweep'))}")
-    return list(OmegaConf.load(path).methods)
-
-
-def pop_options(
-    argv: Sequence[str], defaults: dict[str, str | None]
-) -> tuple[dict[str, str | None], list[str]]:
-    """The `key=value` options of a command (the keys of `defaults`, the last one given
-    winning) and the rest of `argv`, the overrides, in order. `-h` or `--help` anywhere
-    prints the calling command's docstring and exits 0."""
-    if any(arg in ("-h", "--help") for arg in argv):
-        print(sys._getframe(1).f_globals.get("__doc__") or "")
-        raise SystemExit(0)
-    options = dict(defaults)
-    rest = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and key in options:
-            options[key] = value
-        else:
-            rest.append(arg)
-    return options, rest
-
-
-def expand(
-    overrides: Sequence[str], default_sweep: str = "default", listing: bool = False
-) -> list[list[str]]:
-    """The cartesian product of the overrides, as one override list per configuration.
-
-    Without a `method=` override the methods of the sweep preset (`sweep=NAME`, else
-    `default_sweep`) are the first axis, in the preset's order; with `listing` (the tables
-    of `benchmark.params` and `benchmark.perf`) they are the last axis, in name order."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as err:
-        raise UserError(f"cannot parse the overrides: {_first_line(err)}") from None
-    axes: dict[str, list[str]] = {}
-    sweep = default_sweep
-    for o in parsed:
-        key = o.get_key_element()
-        if key == "sweep":
-            sweep = o.get_value_element_as_str()
-            continue
-        if key == "seeds":  # seeds=N: seed=0,...,N-1
-            value = o.get_value_element_as_str()
-            if o.is_sweep_override() or not value.isdigit() or int(value) < 1:
-                raise UserError(f"seeds must be a whole number >= 1 (seeds=3: seed=0,1,2), "
-                                f"got {value!r}")
-            if "seed" in axes:
-                raise UserError("give seed=... or seeds=N, not both")
-            axes["seed"] = [f"seed={i}" for i in range(int(value))]
-            continue
-        if key == "seed" and "seed" in axes:
-            raise UserError("give seed=... or seeds=N, not both")
-        if o.is_sweep_override():
-            if not o.is_discrete_sweep():
-                raise UserError(f"{key}: only lists, choice() and range() sweep here")
-            values = list(o.sweep_string_iterator())
-        else:
-            values = [o.get_value_element_as_str()]
-        if o.key_or_group in GROUPS and o.package is None:
-            for value in values:
-                if value not in choices(o.key_or_group):
-                    raise UserError(
-                        f"unknown {o.key_or_group} {value!r}; choose from "
-                        f"{', '.join(choices(o.key_or_group))}"
-                    )
-        axes[key] = [f"{key}={v}" for v in values]
-    if "method" not in axes:
-        methods = [f"method={m}" for m in sweep_methods(sweep)]
-        axes = {**axes, "method": sorted(methods)} if listing else {"method": methods, **axes}
-    return [list(combo) for combo in itertools.product(*axes.values())]
-
-
-def compose_all(combos: list[list[str]], training: bool = False) -> list[DictConfig]:
-    """Compose and `validate` every configuration; `training` adds the checks that only a
-    run needs (the dataset's files, the backbone's weights), which counting does not."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module("benchmark.conf", version_base="1.3"):
-        configs = []
-        for combo in combos:
-            try:
-                configs.append(compose(config_name="config", overrides=combo))
-            except (HydraException, OmegaConfBaseException) as err:
-                raise UserError(_explain(err, combo)) from None
-    checked: set[str] = set()
-    for cfg in configs:
-        validate(cfg, training)
-        if training and cfg.results_dir not in checked:
-            check_output_dir(cfg.results_dir, "results_dir")
-            checked.add(cfg.results_dir)
-    return configs
-
-
-def validate(cfg: DictConfig, training: bool = False) -> None:
-    from benchmark.data import check_dataset, dataset_info
-
-    if OmegaConf.is_missing(cfg.method, "_target_"):
-        raise UserError(
-            f"method={cfg.method.name} needs method._target_=package.module.Class "
-            "(a methods.base.Method subclass importable from here)"
-        )
-    check_config(cfg)  # every key's type and range
-    from methods.base import instantiate_method
-
-    method = instantiate_method(cfg.method)  # unknown options and classes fail here
-    check_widths = getattr(method, "check_widths", None)  # options that depend on the widths
-    if check_widths is not None:
-        try:
-            check_widths([cfg.backbone.embed_dim * 2**s for s in range(len(cfg.backbone.depths))])
-        except ValueError as err:
-            raise UserError(f"method {cfg.method.name}: {err}") from None
-    from benchmark.precision import check_budget
-
-    check_budget(cfg.budget)  # `precision` against the deprecated `amp`
-    dataset_info(cfg.dataset)
-    if training:
-        from benchmark.backbone import require_weights, resolve_weights
-
-        check_dataset(cfg.dataset)  # the root and its split lists exist
-        require_weights(cfg.backbone, cfg.dataset.name)
-        resolve_weights(cfg.backbone)  # the checkpoint file exists
-
-
-def _explain(err: BaseException, combo: list[str]) -> str:
-    """Hydra's composition error as one line; an unknown key lists the valid ones."""
-    text = str(err)
-    if text.startswith("Could not override '"):
-        key = text.split("'")[1]
-        group, _, _ = key.rpartition(".")
-        selections = [o for o in combo if o.split("=", 1)[0] in GROUPS]
-        base = compose(config_name="config", overrides=selections)
-        node = OmegaConf.select(base, group) if group else base
-        valid = ", ".join(k for k in node if not str(k).startswith("_")) if node else ""
-        where = f"{group}" if group else "the config"
-        return f"unknown key {key!r}; the keys of {where} are: {valid}"
-    return _first_line(err)
-
-
-def _first_line(err: BaseException) -> str:
-    text = " ".join(str(err).split("\n")[0:1]).strip()
-    # hydra lists the options of a missing config on the following lines
-    options = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-    if options and "Available options" in str(err):
-        return f"{text}; {' '.join(options)}"
-    return text
 
 
 def run_sweep(configs: list[DictConfig]) -> int:
@@ -217,8 +60,8 @@ def run_sweep(configs: list[DictConfig]) -> int:
         reference_dir,
         run_experiment,
     )
+    from benchmark.launch import print_summary
     from benchmark.records import RunBusy, finished_record, run_dir
-    from methods.base import instantiate_method
 
     # References first: every other run of the same setting needs them for Δm.
     configs = sorted(configs, key=lambda c: c.method.name != REFERENCE_METHOD)
@@ -266,18 +109,7 @@ def run_sweep(configs: list[DictConfig]) -> int:
     if filled:
         print(f"filled in the Δm of {filled} runs whose reference finished meanwhile",
               file=sys.stderr)
-    if busy:
-        print(f"{len(busy)} runs were left to the processes training them", file=sys.stderr)
-    places = sorted({str(c.results_dir) for c in configs})
-    for place in places:
-        print(f"records are in {place}/; the report: python -m benchmark.report "
-              f"results_dir={place}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} runs failed:", file=sys.stderr)
-        for line in failures:
-            print(f"  {line}", file=sys.stderr)
-        return 1
-    return 0
+    return print_summary(failures, busy, [str(c.results_dir) for c in configs])
 
 
 def _eta(start: float, done: int, total: int) -> str:

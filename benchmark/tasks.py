@@ -76,3 +76,12 @@ def single_channel_label(pred: Tensor, target: Tensor, task: str) -> Tensor:
             f"{tuple(pred.shape)} (predictions must be at label resolution)"
         )
     return target
+
+
+def check_normals(pred: Tensor, target: Tensor) -> None:
+    """Check that a normals prediction and its label are both (N, 3, H, W)."""
+    if pred.dim() != 4 or pred.shape[1] != 3 or target.shape != pred.shape:
+        raise ValueError(
+            "normals: expected prediction and label of the same shape (N, 3, H, W), got "
+            f"{tuple(pred.shape)} and {tuple(target.shape)}"
+        )

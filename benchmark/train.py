@@ -24,12 +24,9 @@ One optimiser step is `TrainStep`, which `benchmark.perf` times as it is.
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,8 +35,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from benchmark import distributed
-from benchmark.atomic import atomic_write
-from benchmark.cost import PeakMemory, Stopwatch
+from benchmark.checkpoint import TrainState, load_checkpoint, save_checkpoint, should_checkpoint
+from benchmark.config import Execution
+from benchmark.cost import PeakMemory, Stopwatch, synchronize
 from benchmark.data import BatchLoader, MultiTaskData, place_split
 from benchmark.errors import UserError
 from benchmark.losses import MultiTaskLoss
@@ -92,29 +90,6 @@ class GroupResult:
     checkpoint_seconds: float = 0.0  # writing checkpoints (not in train_seconds)
 
 
-@dataclass(frozen=True)
-class Execution:
-    """How a run executes (the top-level keys of the same names in `conf/config.yaml`)."""
-
-    compile: bool = False  # torch.compile the model for training
-    channels_last: bool = False  # NHWC images and convolution weights
-    data_on_gpu: float = 0.25  # share of free GPU memory the training split may take
-    prefetch: int = 2  # batches prepared ahead when the data stays in host memory
-    fused_attn: bool = False  # timm's attention through scaled_dot_product_attention
-    eval_every: int = 0  # epochs between validation passes for the curves (0: only at the end)
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> Execution:
-        return cls(
-            compile=bool(cfg.compile),
-            channels_last=bool(cfg.channels_last),
-            data_on_gpu=float(cfg.data_on_gpu),
-            prefetch=int(cfg.prefetch),
-            fused_attn=bool(cfg.get("fused_attn", False)),
-            eval_every=int(cfg.get("eval_every", 0)),
-        )
-
-
 def param_groups(
     model: nn.Module, weight_decay: float, decay_position_tables: bool = False
 ) -> list[dict]:
@@ -159,11 +134,6 @@ def lr_schedule(budget: DictConfig, steps_per_epoch: int, world_size: int = 1):
         return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
 
     return lr_at
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class TrainStep:
@@ -332,11 +302,11 @@ def train_and_evaluate(
                 for batch in loader:
                     timing = probe is not None and len(timed_steps) < 2
                     if timing:
-                        _sync(device)
+                        synchronize(device)
                         start = time.perf_counter()
                     epoch_loss += train_step(batch, state.step)
                     if timing:
-                        _sync(device)
+                        synchronize(device)
                         timed_steps.append(time.perf_counter() - start)
                         # compilation: the first step's excess over the second
                         spent = (timed_steps[0] if len(timed_steps) == 1
@@ -481,135 +451,6 @@ def _max(a: float | None, b: float | None) -> float | None:
     return max(values) if values else None
 
 
-@dataclass
-class TrainState:
-    """What a checkpoint carries besides the model and the optimiser (plain values only)."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0
-    images: int = 0  # over all ranks
-    seconds: float = 0.0
-    peak_memory_mb: float | None = None
-    last_loss: float = float("nan")
-    world_size: int = 1  # the shards and the step count depend on it
-    loss_curve: dict = field(default_factory=dict)  # GroupResult.loss_curve so far
-    val_curve: list = field(default_factory=list)  # GroupResult.val_curve so far
-    checkpoint_seconds: float = 0.0  # spent writing checkpoints so far
-    saved_at: float = 0.0  # training seconds at the last checkpoint
-
-
-# At most one checkpoint per 10 minutes of training: a full fine-tuning of Swin-T writes
-# 337 MiB in about a second, so per-epoch checkpoints cost minutes per run; at this cadence
-# an interruption loses at most 10 minutes. Writing stays on the training thread: at one
-# write per 10 minutes its cost is under 0.2 % of the run, which a background writer (and
-# the copy of every tensor it needs) would not clearly win back.
-DEFAULT_CADENCE = ("seconds", 600.0)
-
-
-def checkpoints_written(train_seconds: float, epochs: int) -> int:
-    """How many checkpoints `DEFAULT_CADENCE` writes in a run of `epochs` equal epochs that
-    train `train_seconds` in all: at the first epoch end after each full period, and after
-    the last epoch."""
-    period, per_epoch = DEFAULT_CADENCE[1], train_seconds / epochs
-    written, since = 0, 0.0
-    for epoch in range(1, epochs + 1):
-        since += per_epoch
-        if epoch == epochs or since >= period:
-            written, since = written + 1, 0.0
-    return written
-
-
-def should_checkpoint(
-    state: TrainState, every: int | tuple[str, float] | None, last: bool
-) -> bool:
-    """Whether to checkpoint at the end of the epoch that `state` just completed.
-
-    `every` is a number of epochs (0: never) or `("epochs", n)` / `("seconds", s)` of
-    training time since the last checkpoint (None: `DEFAULT_CADENCE`). Unless checkpoints
-    are off, the last epoch is always saved: evaluation and the record follow, and a run
-    interrupted there resumes with nothing to retrain (one write per run)."""
-    every = DEFAULT_CADENCE if every is None else every
-    kind, amount = ("epochs", every) if isinstance(every, int) else every
-    if amount <= 0:
-        return False
-    if last:
-        return True
-    if kind == "epochs":
-        return state.epoch % int(amount) == 0
-    return state.seconds - state.saved_at >= amount
-
-
-def _rng_state(device: torch.device) -> dict:
-    """The RNG states, as tensors (what `torch.load(weights_only=True)` reads back)."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-def save_checkpoint(
-    path: Path, model: nn.Module, optimizer, state: TrainState, device: torch.device
-) -> None:
-    """Rank 0 writes the model, the optimiser (the same on every rank) and the RNG state
-    of every rank (a collective: every rank calls this): tensors and plain values only.
-    The file is serialised in memory first, so that a full disk surfaces as the OSError
-    of the write (ENOSPC) rather than as an error inside torch's zip writer."""
-    state.saved_at = state.seconds
-    rng = distributed.gather(_rng_state(device))
-    if not distributed.is_main():
-        return
-    start = time.perf_counter()
-    buffer = io.BytesIO()
-    torch.save({
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "state": asdict(state),
-        "rng": rng,
-    }, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getbuffer()),
-                 tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp"))
-    state.checkpoint_seconds += time.perf_counter() - start
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer, device: torch.device) -> TrainState:
-    """Every rank loads the same file (the ranks share the results directory). Only tensors
-    and plain values are read (`weights_only=True`): a file that needs more (a pickled
-    object, which could run code) is refused and nothing in it runs."""
-    world = distributed.current()
-    try:
-        blob = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():  # a damaged file rather than a refusal
-            raise UserError(
-                f"cannot resume from {path}: not a readable checkpoint; delete it or run "
-                "with force=true"
-            ) from None
-        raise UserError(
-            f"refusing to resume from {path}: it holds objects other than tensors and plain "
-            "values, which this suite never writes; delete it or run with force=true"
-        ) from None
-    except Exception as err:  # not a checkpoint, or a damaged file
-        raise UserError(
-            f"cannot resume from {path}: {type(err).__name__}; delete it or run with force=true"
-        ) from None
-    try:
-        state = TrainState(**blob["state"])
-        if state.world_size == world.size:
-            model.load_state_dict(blob["model"])
-            optimizer.load_state_dict(blob["optimizer"])
-            rng = blob["rng"][world.rank]
-    except Exception as err:  # a checkpoint of another configuration or a damaged file
-        raise UserError(
-            f"cannot resume from {path}: {type(err).__name__}; delete it or run with force=true"
-        ) from None
-    if state.world_size != world.size:
-        raise UserError(
-            f"{path} was written by {state.world_size} processes and this run has "
-            f"{world.size}: resume with the same number, or run with force=true"
-        )
-    torch.set_rng_state(rng["cpu"].cpu())
-    if rng["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
-    return state
-
 
 @torch.no_grad()
 def evaluate(
@@ -640,23 +481,3 @@ def evaluate(
         for predictions, labels in loader.score_pairs(outputs, batch):
             meters.update(predictions, labels)
     return meters.all_reduce_().compute()
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device of `device=NAME`, CUDA always with its index (`distributed.device_for`);
-    under torchrun, CUDA means this rank's GPU."""
-    if name == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"unknown device={name}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA device is visible; use device=cpu or auto")
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and device.index is not None and device.index >= count:
-        raise UserError(
-            f"device={name} but {count} CUDA devices are visible; use cuda:0 to cuda:{count - 1}"
-        )
-    return distributed.device_for(device)

@@ -1,14 +1,10 @@
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-# Small synthetic splits so that command-line tests render in well under a second.
-SMALL_DATA = ["dataset.train_size=24", "dataset.val_size=8"]
+from tests.helpers import ROOT, SMALL_DATA, run_cli  # noqa: F401 (the old import path)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,10 +30,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
+
+@pytest.fixture(scope="session")
+def pascal(tmp_path_factory):
+    """A generated PASCAL-Context tree (`tests.real_trees`): (root, labels written per id)."""
+    from tests.real_trees import make_pascal_tree
+
+    root = tmp_path_factory.mktemp("pascal") / "PASCAL_MT"
+    return root, make_pascal_tree(root)
+
+
+@pytest.fixture(scope="session")
+def nyud(tmp_path_factory):
+    """A generated NYUD-v2 tree (`tests.real_trees`): (root, labels written per id)."""
+    from tests.real_trees import make_nyud_tree
+
+    root = tmp_path_factory.mktemp("nyud") / "NYUD_MT"
+    return root, make_nyud_tree(root)

@@ -1,8 +1,13 @@
-"""What several test files share: the tasks of the tiny models and their batches, the tiny
-backbone, Swin-T's layout and the count formulas built on it, and the overfitting and
-gradient checks of every method."""
+"""What several test files share: running a command, the tasks of the tiny models and the
+tiny models themselves, Swin-T's layout and the count formulas built on it, and the
+overfitting and gradient checks of every method."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -10,12 +15,62 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from benchmark.backbone import SwinBackbone, build_backbone
+from benchmark.config import CONF_DIR, compose_all, expand
+from benchmark.data import Split
 from benchmark.losses import MultiTaskLoss
 from benchmark.method import Encoder
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import count
-from benchmark.run import CONF_DIR, compose_all, expand
 from methods.blocks.lowrank import LowRank
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small synthetic splits so that command-line tests render in well under a second.
+SMALL_DATA = ["dataset.train_size=24", "dataset.val_size=8"]
+
+
+def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def arch(name: str):
+    cfg = OmegaConf.load(CONF_DIR / "backbone" / f"{name}.yaml")
+    cfg.weights = "none"
+    return cfg
+
+
+def tiny_backbone(image_size: int = 32) -> SwinBackbone:
+    torch.manual_seed(0)
+    return build_backbone(arch("swin_micro"), image_size, drop_path=0.0)
+
+
+def tiny_split(n: int = 20, size: int = 4) -> Split:
+    """`n` random images of `size` px with semseg and normals labels, in stored formats."""
+    g = torch.Generator().manual_seed(0)
+    return Split({
+        "image": torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g),
+        "semseg": torch.randint(0, 5, (n, size, size), dtype=torch.uint8, generator=g),
+        "normals": torch.nn.functional.normalize(
+            torch.randn(n, size, size, 3, generator=g), dim=-1
+        ).half(),
+    })
+
+
+class TinyEncoder(nn.Module):
+    """A stand-in for the Swin: one patch convolution, its map at four 'stages'."""
+
+    def __init__(self, tasks):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.patch = nn.Conv2d(3, 8, kernel_size=4, stride=4)
+
+    def forward(self, images):
+        x = self.patch(images)
+        return {task: [x, x, x, x] for task in self.tasks}
 
 # The synthetic tasks and the output channels of the tiny models' decoders.
 TASKS = ["semseg", "human_parts", "sal", "normals"]
@@ -105,17 +160,6 @@ def assert_overfits(
 
 
 # --- tiny models and batches -----------------------------------------------------------
-
-
-def arch(name: str):
-    cfg = OmegaConf.load(CONF_DIR / "backbone" / f"{name}.yaml")
-    cfg.weights = "none"
-    return cfg
-
-
-def tiny_backbone(image_size: int = 32) -> SwinBackbone:
-    torch.manual_seed(0)
-    return build_backbone(arch("swin_micro"), image_size, drop_path=0.0)
 
 
 def params_of(*overrides: str) -> list[dict]:

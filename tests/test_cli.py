@@ -5,10 +5,10 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from benchmark.config import compose_all, expand
 from benchmark.params import count
 from benchmark.records import iter_records
-from benchmark.run import compose_all, expand
-from tests.conftest import SMALL_DATA, run_cli
+from tests.helpers import SMALL_DATA, run_cli
 
 SMOKE = ["budget=smoke", *SMALL_DATA]
 
@@ -58,7 +58,7 @@ def test_smoke_sweep_writes_valid_records_with_delta_m(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     records = {r["method"]: r for _, r in iter_records(results)}
-    from benchmark.run import sweep_methods
+    from benchmark.config import sweep_methods
 
     assert set(records) == set(sweep_methods("full"))
     assert len(list(iter_records(results))) == len(records)  # the reference trained once
@@ -132,7 +132,7 @@ def test_report_without_results_exits_2(tmp_path):
 
 
 def test_the_full_sweep_runs_every_method_and_the_default_the_papers_main_rows():
-    from benchmark.run import choices, sweep_methods
+    from benchmark.config import choices, sweep_methods
 
     full, default = sweep_methods("full"), sweep_methods("default")
     assert set(full) == set(choices("method")) - {"custom"} and len(full) == len(set(full))
@@ -141,7 +141,7 @@ def test_the_full_sweep_runs_every_method_and_the_default_the_papers_main_rows()
 
 
 def test_ci_runs_the_readme_test_command():
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     readme = (ROOT / "README.md").read_text()
     block = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]

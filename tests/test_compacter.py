@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import main as params_main
-from benchmark.run import compose_all, expand
 from methods.blocks.bottleneck import AdaptedBranch
 from methods.blocks.phm import PHMAdapter, PHMLinear, phm_rule
 from methods.compacter import Compacter, CompacterPlusPlus

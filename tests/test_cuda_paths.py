@@ -12,13 +12,15 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from benchmark import distributed
+from benchmark.config import Execution
 from benchmark.data import BatchLoader, DatasetInfo, MultiTaskData, Split
 from benchmark.data.transforms import Geometry
+from benchmark.distributed import resolve_device
 from benchmark.errors import UserError
 from benchmark.model import Decoder, MultiTaskModel
-from benchmark.train import Execution, OutOfMemory, resolve_device, train_and_evaluate
+from benchmark.train import OutOfMemory, train_and_evaluate
 from tests.cuda_stub import FakeCuda
-from tests.test_distributed import _split, _TinyEncoder
+from tests.helpers import TinyEncoder, tiny_split
 
 CPU = torch.device("cpu")
 
@@ -41,8 +43,8 @@ def _tiny(seed: int = 0):
     torch.manual_seed(seed)
     info = DatasetInfo("tiny", ["semseg", "normals"], {"semseg": 5, "normals": 3}, 16, "16")
     decoders = {t: Decoder([8] * 4, [2] * 4, n) for t, n in info.num_outputs.items()}
-    model = MultiTaskModel(_TinyEncoder(info.tasks), nn.ModuleDict(decoders))
-    split = _split(n=16, size=16)
+    model = MultiTaskModel(TinyEncoder(info.tasks), nn.ModuleDict(decoders))
+    split = tiny_split(n=16, size=16)
     return model, MultiTaskData(info, split, split)
 
 
@@ -72,7 +74,7 @@ def test_under_torchrun_cuda_is_the_gpu_of_the_local_rank(cuda, monkeypatch):
 
 
 def test_a_loader_given_cuda_without_index_prefetches_on_the_indexed_gpu(cuda):
-    loader = BatchLoader(_split(), ["semseg"], 4, torch.device("cuda"), prefetch=2)
+    loader = BatchLoader(tiny_split(), ["semseg"], 4, torch.device("cuda"), prefetch=2)
     batches = list(loader)  # the old code: ValueError in the prefetch thread
     assert len(batches) == 5
     assert cuda.set_devices == [0]
@@ -156,8 +158,8 @@ def test_deprecated_amp_maps_to_precision_and_keeps_run_keys():
 
 
 def test_run_keys_of_the_default_budget_are_unchanged_and_precision_enters_them():
+    from benchmark.config import compose_all
     from benchmark.records import run_key
-    from benchmark.run import compose_all
 
     base, amp_off, fp32, fp16 = compose_all([
         ["method=full_ft"], ["method=full_ft", "budget.amp=false"],
@@ -250,8 +252,7 @@ def test_compile_time_is_recorded_apart_and_kept_out_of_training_time(monkeypatc
 
 def test_ddp_excludes_the_statically_unused_parameters(monkeypatch):
     from benchmark import train
-    from benchmark.run import compose_all
-    from methods.base import instantiate_method
+    from benchmark.config import compose_all, instantiate_method
 
     (cfg,) = compose_all([["method=mtlora"]])
     from benchmark.data import dataset_info
@@ -318,12 +319,12 @@ def test_out_of_memory_in_the_optimizer_step_is_reported(monkeypatch):
 
 def test_fused_attention_is_an_option_set_on_every_attention(monkeypatch):
     from benchmark import train
-    from benchmark.run import compose_all
+    from benchmark.config import compose_all
 
     (cfg,) = compose_all([["method=full_ft", "fused_attn=true"]])
+    from benchmark.config import instantiate_method
     from benchmark.data import dataset_info
     from benchmark.model import build_model
-    from methods.base import instantiate_method
 
     info = dataset_info(cfg.dataset)
     model = build_model(instantiate_method(cfg.method), cfg, info, info.tasks,

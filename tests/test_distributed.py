@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.config import Execution
 from benchmark.data import (
     BatchLoader,
     DatasetInfo,
@@ -20,21 +21,10 @@ from benchmark.data import (
 )
 from benchmark.model import Decoder, MultiTaskModel
 from benchmark.records import iter_records
-from benchmark.train import Execution, train_and_evaluate
-from tests.conftest import ROOT
+from benchmark.train import train_and_evaluate
+from tests.helpers import ROOT, TinyEncoder, tiny_split
 
 CPU = torch.device("cpu")
-
-
-def _split(n: int = 20, size: int = 4) -> Split:
-    g = torch.Generator().manual_seed(0)
-    return Split({
-        "image": torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g),
-        "semseg": torch.randint(0, 5, (n, size, size), dtype=torch.uint8, generator=g),
-        "normals": torch.nn.functional.normalize(
-            torch.randn(n, size, size, 3, generator=g), dim=-1
-        ).half(),
-    })
 
 
 def _epoch(loader: BatchLoader, epoch: int) -> list[dict]:
@@ -43,7 +33,7 @@ def _epoch(loader: BatchLoader, epoch: int) -> list[dict]:
 
 
 def test_rank_shards_are_disjoint_cover_the_epoch_and_make_up_the_global_batches():
-    split = _split(n=21)
+    split = tiny_split(n=21)
     tasks = ["semseg", "normals"]
 
     def loader(rank, world, batch):
@@ -68,7 +58,7 @@ def test_rank_shards_are_disjoint_cover_the_epoch_and_make_up_the_global_batches
 
 
 def test_evaluation_shards_share_out_the_last_batch_and_miss_nothing():
-    split = _split(n=13)
+    split = tiny_split(n=13)
     split.arrays["semseg"][:] = torch.arange(13, dtype=torch.uint8).view(13, 1, 1)
     seen = []
     counts = []
@@ -80,7 +70,7 @@ def test_evaluation_shards_share_out_the_last_batch_and_miss_nothing():
 
 
 def test_prefetched_batches_are_the_same_batches():
-    split = _split()
+    split = tiny_split()
     tasks = ["semseg", "normals"]
     plain = BatchLoader(split, tasks, 4, CPU, shuffle=True, augment=True, seed=1)
     ahead = BatchLoader(split, tasks, 4, CPU, shuffle=True, augment=True, seed=1, prefetch=2)
@@ -97,21 +87,8 @@ def test_prefetched_batches_are_the_same_batches():
 
 
 def test_data_stays_in_host_memory_off_cuda():
-    split = _split()
+    split = tiny_split()
     assert place_split(split, CPU, 1.0) is split
-
-
-class _TinyEncoder(nn.Module):
-    """A stand-in for the Swin: one patch convolution, its map at four 'stages'."""
-
-    def __init__(self, tasks):
-        super().__init__()
-        self.tasks = list(tasks)
-        self.patch = nn.Conv2d(3, 8, kernel_size=4, stride=4)
-
-    def forward(self, images):
-        x = self.patch(images)
-        return {task: [x, x, x, x] for task in self.tasks}
 
 
 def _tiny_run(execution: Execution) -> tuple[float, dict]:
@@ -120,8 +97,8 @@ def _tiny_run(execution: Execution) -> tuple[float, dict]:
     torch.manual_seed(0)
     info = DatasetInfo("tiny", ["semseg", "normals"], {"semseg": 5, "normals": 3}, 16, "16")
     decoders = {t: Decoder([8] * 4, [2] * 4, n) for t, n in info.num_outputs.items()}
-    model = MultiTaskModel(_TinyEncoder(info.tasks), nn.ModuleDict(decoders))
-    split = _split(n=16, size=16)
+    model = MultiTaskModel(TinyEncoder(info.tasks), nn.ModuleDict(decoders))
+    split = tiny_split(n=16, size=16)
     budget = OmegaConf.create({
         "batch_size": 4, "epochs": 2, "lr": 0.05, "warmup_lr": 1e-6, "min_lr": 1e-5,
         "warmup_epochs": 0.5, "weight_decay": 0.05, "clip_grad": 5.0, "amp": True,
@@ -217,11 +194,10 @@ def test_torchrun_two_processes_one_record_reduced_evaluation(tmp_path):
     assert not list(path.parent.glob("lock")) and not list(path.parent.glob(".*.tmp"))
 
     # the same final weights, evaluated by this one process
+    from benchmark.config import compose_all, instantiate_method
     from benchmark.experiment import DataCache
     from benchmark.model import build_model
-    from benchmark.run import compose_all
     from benchmark.train import evaluate
-    from methods.base import instantiate_method
 
     (cfg,) = compose_all([args])
     info = dataset_info(cfg.dataset)

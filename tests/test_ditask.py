@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
-from benchmark.run import compose_all, expand
 from methods.blocks import cpab
 from methods.blocks.spectral import DiTASKBlock, DiTASKLinear, MultiTaskDiTASKLinear
 from methods.ditask import DiTASK
@@ -332,7 +332,7 @@ def test_overfits_a_tiny_batch():
 
 
 def test_the_report_sets_ditasks_published_numbers_beside_ours(tmp_path):
-    from tests.test_report import build, make_record, published_records, write
+    from tests.report.builders import build, make_record, published_records, write
 
     published_records(tmp_path / "results")
     write(tmp_path / "results", make_record("ditask nc=64", "ditask", (69.0, 61.0, 64.0, 17.5),

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
 from benchmark.records import iter_records
-from benchmark.run import compose_all, expand
 from methods.blocks.lowrank import (
     DoRALinear,
     LowRank,
@@ -22,12 +22,12 @@ from methods.blocks.lowrank import (
 )
 from methods.dora import DoRA
 from methods.mtlora import MTLoRA, MTLoRAPlus
-from tests.conftest import SMALL_DATA, run_cli
 from tests.helpers import (
     DECODERS,
     MTLORA_UNUSED,
     ONE_TOKEN_TABLES,
     PASCAL_SWIN_T,
+    SMALL_DATA,
     SWIN_T_BLOCKS,
     TASKS,
     assert_gradients,
@@ -37,6 +37,7 @@ from tests.helpers import (
     model_with,
     params_of,
     randomise,
+    run_cli,
     tiny_backbone,
 )
 

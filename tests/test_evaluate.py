@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from benchmark.evaluate import main, probability_logits
-from benchmark.metrics import _f_thresholds, _linspace_thresholds
+from benchmark.metrics.binary import _f_thresholds, _linspace_thresholds
 from tests.conftest import run_cli
-from tests.test_real_data import NYUD_VAL, PASCAL_VAL, make_nyud_tree, make_pascal_tree
+from tests.real_trees import NYUD_VAL, PASCAL_VAL, make_nyud_tree, make_pascal_tree
 
 SAL_IOU_T = [Fraction(4 + k, 20) for k in range(15)]  # 0.2, 0.25, ..., 0.9 exactly
 SAL_F_T = [Fraction(k, 20) for k in range(1, 20)]  # 0.05, ..., 0.95

@@ -20,13 +20,15 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import experiment, run, train
+from benchmark import checkpoint, experiment, run
+from benchmark.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from benchmark.config import compose_all
 from benchmark.errors import UserError
 from benchmark.experiment import RunFailed, run_experiment
 from benchmark.records import iter_records, read_record, run_dir, write_json_atomic
-from benchmark.run import compose_all, run_sweep
-from benchmark.train import GroupResult, TrainState, load_checkpoint, save_checkpoint
-from tests.conftest import ROOT, SMALL_DATA
+from benchmark.run import run_sweep
+from benchmark.train import GroupResult
+from tests.helpers import ROOT, SMALL_DATA
 
 SMOKE = ["budget=smoke", *SMALL_DATA, "progress=false"]
 TASKS = ["semseg", "human_parts", "sal", "normals"]
@@ -153,7 +155,7 @@ def test_a_full_disk_records_the_run_as_failed(tmp_path, monkeypatch):
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(train, "atomic_write", full)  # the checkpoint writer
+    monkeypatch.setattr(checkpoint, "atomic_write", full)  # the checkpoint writer
     (cfg,) = compose_all(
         [["method=single_task", *SMOKE, "budget.train_batches=1", "checkpoint_every=1",
           f"results_dir={tmp_path}"]], training=True,
@@ -262,8 +264,8 @@ def test_checkpoints_round_trip_with_weights_only(tmp_path):
 
 
 def test_the_default_cadence_is_time_based_and_always_saves_the_last_epoch():
+    from benchmark.checkpoint import should_checkpoint
     from benchmark.config import cadence
-    from benchmark.train import should_checkpoint
 
     (cfg,) = compose_all([[]])
     every = cadence(cfg.checkpoint_every)

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from benchmark import gpucheck
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def _row(method, compile=False, **values):

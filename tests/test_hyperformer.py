@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
-from benchmark.run import compose_all, expand
 from methods.blocks.bottleneck import AdaptedBranch
 from methods.blocks.hypernet import HyperEncoder
 from methods.blocks.stage_hypernet import GeneratedAdapter, bottleneck_of

@@ -6,12 +6,11 @@ import socket
 
 import pytest
 
+from benchmark.config import compose_all, expand, instantiate_method
 from benchmark.experiment import reference_dir
 from benchmark.launch import claim_one, is_hydra_override, plan_waves, reference_overrides
 from benchmark.records import RunBusy, iter_records, run_dir, run_lock, write_json_atomic
-from benchmark.run import compose_all, expand
-from methods.base import instantiate_method
-from tests.conftest import SMALL_DATA, run_cli
+from tests.helpers import SMALL_DATA, run_cli
 
 
 def _sweep(*overrides):
@@ -88,16 +87,20 @@ def test_the_summary_counts_jobs_apart_from_the_references_that_failed_inside_th
         JobReturn(overrides=["method=dora"], status=JobStatus.FAILED,
                   _return_value=RuntimeError("killed")),
     ]
-    assert _summary(returns) == 1
-    out = capsys.readouterr().out
+    assert _summary(returns, ["/r"]) == 1
+    printed = capsys.readouterr()
+    out = printed.err  # the summary, on stderr as a sweep in one process prints it
+    assert printed.out.splitlines() == ["ok: lora seed 0", "ok: lora seed 1",
+                                        "failed: mtlora seed 0", "busy: mtlora seed 1"]
     assert "5 jobs: 2 finished" in out
     assert "1 runs were left to the processes training them" in out
+    assert "records are in /r/; the report: python -m benchmark.report results_dir=/r" in out
     assert "3 runs failed:" in out
     for line in ("single_task seed 0 (reference): diverged", "mtlora seed 0: nan loss",
                  "job method=dora: RuntimeError('killed')"):
         assert f"  {line}" in out
     assert _summary(returns[1:2]) == 0
-    assert "1 jobs: 1 finished" in capsys.readouterr().out
+    assert "1 jobs: 1 finished" in capsys.readouterr().err
 
 
 def test_gpu_claims_are_exclusive_and_released(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
-from benchmark.run import compose_all, expand
 from methods.blocks.inject import inject
 from methods.blocks.lowrank import LoRALinear, lora_layers, merge_lora
 from methods.lora import LoRA

@@ -15,10 +15,9 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from benchmark.config import CONF_DIR, instantiate_method
 from benchmark.losses import MultiTaskLoss
 from benchmark.method import Method
-from benchmark.run import CONF_DIR
-from methods.base import instantiate_method
 from tests.helpers import (
     MTLORA_UNUSED,
     PASCAL_SWIN_T,

@@ -25,11 +25,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmark.config import instantiate_method
 from benchmark.data import dataset_info
 from benchmark.losses import MultiTaskLoss
 from benchmark.model import build_model, count_parameters
 from benchmark.run import compose_all
-from methods.base import instantiate_method
 
 GOLDEN = Path(__file__).parent / "data" / "mtlora_golden.json"
 SIZE = 64

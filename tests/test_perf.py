@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from benchmark.train import checkpoints_written
-from tests.conftest import run_cli
+from benchmark.checkpoint import checkpoints_written
+from tests.helpers import run_cli
 
 CPU = torch.device("cpu")
 
@@ -45,14 +45,14 @@ def test_perf_rows_have_the_contract_fields_and_consistent_flops(tmp_path):
 
 
 def test_the_matmul_rate_is_timed_for_at_least_the_minimum_time():
-    from benchmark.perf import matmul_rate
+    from benchmark.speed import matmul_rate
 
     rate, dtype, seconds = matmul_rate(CPU, "bf16", min_seconds=0.3)
     assert seconds >= 0.3 and dtype == "float32" and rate > 0  # a CPU computes in fp32
 
 
 def test_spec_peaks_of_h100_and_h200_sxm():
-    from benchmark.perf import spec_peak
+    from benchmark.speed import spec_peak
 
     assert spec_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
     assert spec_peak("NVIDIA H200", "bf16") == 989e12
@@ -62,7 +62,7 @@ def test_spec_peaks_of_h100_and_h200_sxm():
 
 
 def test_the_report_prints_slow_rates_with_significant_figures(tmp_path):
-    from benchmark.perf import write_report
+    from benchmark.perf_report import write_report
 
     row = {"date": "2025-01-01", "run": "r", "device": "cpu", "backbone": "swin_tiny",
            "image_size": 448, "batch_size": 32, "matmul_tflops": 0.1, "matmul_dtype": "float32",
@@ -123,7 +123,7 @@ def test_a_failing_method_is_named_and_the_rows_measured_are_kept(tmp_path, monk
 
 
 def _every_method() -> list[str]:
-    from benchmark.run import choices
+    from benchmark.config import choices
 
     return [m for m in choices("method") if m != "custom"]
 
@@ -132,12 +132,12 @@ def _every_method() -> list[str]:
 def test_flops_of_every_method_are_counted_in_training_and_inference(name):
     """PyTorch's FLOP counter walks every module (a parameter view made under no_grad once
     broke it); training costs more than the forward pass alone."""
+    from benchmark.config import compose_all, instantiate_method
     from benchmark.data import dataset_info
     from benchmark.losses import MultiTaskLoss
     from benchmark.model import build_model
-    from benchmark.perf import _flops, _forward_fn, _step_fn, fake_batch
-    from benchmark.run import compose_all
-    from methods.base import instantiate_method
+    from benchmark.perf import _forward_fn, _step_fn, fake_batch
+    from benchmark.speed import count_flops as _flops
 
     torch.set_num_threads(1)
     (cfg,) = compose_all([[f"method={name}", "budget=smoke", "budget.batch_size=2"]])
@@ -165,7 +165,7 @@ def test_the_checkpoints_of_the_default_cadence_are_counted_as_the_loop_writes_t
 
 
 def test_a_grouped_convolution_backward_costs_twice_its_forward():
-    from benchmark.perf import _flops
+    from benchmark.speed import count_flops as _flops
 
     for groups in (1, 64):
         w = torch.randn(64, 64 // groups, 3, 3, requires_grad=True)

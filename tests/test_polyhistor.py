@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.losses import MultiTaskLoss
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import count
 from benchmark.params import main as params_main
-from benchmark.run import compose_all, expand
 from methods.adapter import HoulsbyAdapter
 from methods.blocks.bottleneck import AdaptedBranch, Adapter
 from methods.blocks.factor_heads import FactorHeads

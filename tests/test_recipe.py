@@ -4,13 +4,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from benchmark.config import compose_all, instantiate_method
 from benchmark.data import dataset_info
 from benchmark.errors import UserError
 from benchmark.model import build_model
 from benchmark.records import run_key
-from benchmark.run import compose_all
 from benchmark.train import param_groups
-from methods.base import instantiate_method
 from tests.helpers import PASCAL_SWIN_T, SWIN_T_HEADS, TASKS
 
 # Swin-T, window 7: one (2 * 7 - 1)^2 x heads table per block, counted by hand:

@@ -10,12 +10,11 @@ import time
 
 import pytest
 
+from benchmark.config import compose_all, instantiate_method
 from benchmark.errors import UserError
 from benchmark.experiment import run_experiment
 from benchmark.records import RunBusy, iter_records, run_dir, run_lock, write_json_atomic
-from benchmark.run import compose_all
-from methods.base import instantiate_method
-from tests.conftest import ROOT, SMALL_DATA, run_cli
+from tests.helpers import ROOT, SMALL_DATA, run_cli
 
 # Long enough (in epochs) that a kill lands between two checkpoints.
 RESUMABLE = [
@@ -134,10 +133,9 @@ def test_the_committed_reference_run_is_found_by_every_method_of_the_full_sweep(
     """Run keys are stable: each method of `sweep=full`, at the default settings, maps to the
     directory of its committed reference record (an option added later, such as MTLoRA's
     `dora`, leaves the key unchanged at its default), so re-running skips it."""
+    from benchmark.config import compose_all, instantiate_method, sweep_methods
     from benchmark.records import finished_record, run_dir
-    from benchmark.run import compose_all, sweep_methods
-    from methods.base import instantiate_method
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     for name in sweep_methods("full"):
         (cfg,) = compose_all([[f"method={name}", f"results_dir={ROOT / 'results'}"]])
@@ -147,8 +145,8 @@ def test_the_committed_reference_run_is_found_by_every_method_of_the_full_sweep(
 
 
 def test_an_option_at_a_non_default_value_changes_the_run_key():
+    from benchmark.config import compose_all
     from benchmark.records import run_key
-    from benchmark.run import compose_all
 
     plain, dora = compose_all([["method=mtlora"], ["method=mtlora", "method.dora=true"]])
     assert run_key(plain) != run_key(dora)

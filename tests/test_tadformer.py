@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.backbone import TaskStreams, build_backbone
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
-from benchmark.perf import _flops
-from benchmark.run import compose_all, expand
+from benchmark.speed import count_flops as _flops
 from methods.blocks.lowrank import LoRALinear, LowRank
 from methods.blocks.tadformer import (
     DynamicTaskFilter,

@@ -6,12 +6,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from benchmark.config import compose_all
 from benchmark.data import BatchLoader, Split
 from benchmark.experiment import DataCache, run_experiment
-from benchmark.run import compose_all
 from benchmark.train import lr_schedule, param_groups
-from tests.conftest import SMALL_DATA
-from tests.test_model import tiny_backbone
+from tests.helpers import SMALL_DATA, tiny_backbone
 
 
 def test_lr_schedule_scales_warms_up_and_decays_to_the_minimum():

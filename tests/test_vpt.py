@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
 from benchmark.model import MultiTaskModel, build_decoders
-from benchmark.run import compose_all, expand
 from methods.blocks.prompts import (
     PromptedWindowAttention,
     ShallowPromptEncoder,

@@ -14,7 +14,7 @@ from timm.layers import resize_rel_pos_bias_table
 from benchmark.backbone import build_backbone, build_swin, load_checkpoint, require_weights
 from benchmark.errors import UserError
 from benchmark.run import main as run_main
-from tests.conftest import SMALL_DATA
+from tests.helpers import SMALL_DATA
 
 ARCH = {"name": "swin_test", "embed_dim": 32, "depths": [2, 2, 2, 2],
         "num_heads": [1, 2, 4, 8], "window_size": 4, "patch_size": 4}

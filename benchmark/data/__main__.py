@@ -17,10 +17,10 @@ USAGE = "usage: python -m benchmark.data verify dataset=pascal_context|nyud data
 
 
 def verify(overrides: Sequence[str], progress: bool = True) -> int:
+    from benchmark.config import compose_all
     from benchmark.data import REAL_DATASETS, make_layout
     from benchmark.data.prepared import MAX_PROBLEMS
     from benchmark.data.prepared import verify as verify_layout
-    from benchmark.run import compose_all
 
     (cfg,) = compose_all([list(overrides)])
     if cfg.dataset.name not in REAL_DATASETS:

@@ -190,20 +190,6 @@ class Layout:
                 )
 
 
-# -- labels ----------------------------------------------------------------------------------
-
-def boundaries(labels: np.ndarray) -> np.ndarray:
-    """1 where a 4-neighbour has another label (both sides of a boundary), else 0."""
-    edge = np.zeros(labels.shape, dtype=bool)
-    dx = labels[:, 1:] != labels[:, :-1]
-    dy = labels[1:, :] != labels[:-1, :]
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    edge[1:, :] |= dy
-    edge[:-1, :] |= dy
-    return edge.astype(np.uint8)
-
-
 # -- file readers ------------------------------------------------------------------------------
 
 def _require(path: Path) -> None:

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.data.labels import boundaries
 from benchmark.data.layout import (
     DataError,
     Layout,
     Sample,
-    boundaries,
     read_mat,
     read_png_grey,
     read_png_rgb,

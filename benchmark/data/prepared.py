@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmark.atomic import atomic_write
 from benchmark.data.layout import ArraySpec, DataError, Layout
-from benchmark.data.synthetic import pool_context
+from benchmark.data.pool import pool_context
 from benchmark.errors import UserError
 
 CACHE_VERSION = 1

@@ -1,0 +1,26 @@
+"""Where rendered and prepared data is cached: one folder for the synthetic renders
+(`benchmark.data.synthetic`), the prepared real datasets (`benchmark.data.prepared`) and the
+pre-trained upstream weights (`benchmark.pretrain`)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from omegaconf import DictConfig
+
+
+def cache_dir() -> pathlib.Path:
+    """$MTPEFT_CACHE if set, else $XDG_CACHE_HOME/mtpeft, else ~/.cache/mtpeft."""
+    env = os.environ.get("MTPEFT_CACHE")
+    if env:
+        return pathlib.Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
+    return base / "mtpeft"
+
+
+def cache_root(cfg: DictConfig) -> pathlib.Path:
+    """The cache folder of a `dataset` config: `dataset.cache_dir` when set, else
+    `cache_dir()`."""
+    return pathlib.Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else cache_dir()

@@ -1,0 +1,110 @@
+"""The datasets the suite knows: what each provides (`dataset_info`) and, for the real ones,
+their on-disk `Layout` (`benchmark.data.layout`), without loading any data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from benchmark.data.transforms import AUGMENT_MODES, NORMALS_Y
+from benchmark.errors import UserError
+from benchmark.tasks import FIXED_OUTPUTS, TASKS
+
+SYNTHETIC = "synthetic"
+REAL_DATASETS = ("pascal_context", "nyud")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    tasks: list[str]
+    num_outputs: dict[str, int]
+    image_size: int
+    eval_resolution: str
+
+
+def trains_from_pretrained(name: str) -> bool:
+    """Whether runs on dataset `name` start from pre-trained backbone weights (protocol
+    §2.1): every dataset but the embedded synthetic one, whose runs may start from random
+    weights (or from the upstream checkpoint of `benchmark.pretrain`)."""
+    return name != SYNTHETIC
+
+
+def dataset_info(cfg: DictConfig) -> DatasetInfo:
+    """Tasks, output widths and image size of a `dataset` config, without loading data."""
+    tasks = list(cfg.tasks)
+    for task in tasks:
+        if task not in TASKS:
+            raise UserError(
+                f"unknown task {task!r} in dataset.tasks; choose from {', '.join(TASKS)}"
+            )
+    if len(set(tasks)) != len(tasks) or not tasks:
+        raise UserError(f"dataset.tasks must name distinct tasks, got {tasks}")
+    if cfg.name == SYNTHETIC:
+        from benchmark.data.synthetic import NUM_SEMSEG_CLASSES
+
+        num_classes = NUM_SEMSEG_CLASSES
+        eval_resolution = str(cfg.image_size)
+    else:
+        num_classes = cfg.num_classes
+        eval_resolution = str(cfg.eval_resolution)
+        if eval_resolution not in ("original", str(cfg.image_size)):
+            raise UserError(
+                f"dataset.eval_resolution must be original or the input size "
+                f"{cfg.image_size}, got {eval_resolution!r}"
+            )
+        if cfg.name in REAL_DATASETS:
+            supported = layout_class(cfg.name).supported_tasks
+            for task in tasks:
+                if task not in supported:
+                    raise UserError(
+                        f"dataset {cfg.name} has no {task!r} labels; its tasks are "
+                        f"{', '.join(supported)}"
+                    )
+            if cfg.get("normals_y", "down") not in NORMALS_Y:
+                raise UserError(
+                    f"dataset.normals_y must be one of {', '.join(NORMALS_Y)}, "
+                    f"got {cfg.normals_y!r}"
+                )
+            if cfg.get("augment", "clean") not in AUGMENT_MODES:
+                raise UserError(
+                    f"dataset.augment must be one of {', '.join(AUGMENT_MODES)}, "
+                    f"got {cfg.augment!r}"
+                )
+            size = cfg.image_size
+            if not isinstance(size, int) or size < 32 or size % 32:
+                raise UserError(f"dataset.image_size must be a multiple of 32, got {size}")
+    outputs = {t: num_classes if t == "semseg" else FIXED_OUTPUTS[t] for t in tasks}
+    return DatasetInfo(cfg.name, tasks, outputs, int(cfg.image_size), eval_resolution)
+
+
+def layout_class(name: str):
+    if name == "pascal_context":
+        from benchmark.data.pascal_context import PascalContextLayout
+
+        return PascalContextLayout
+    if name == "nyud":
+        from benchmark.data.nyud import NyudLayout
+
+        return NyudLayout
+    raise UserError(
+        f"dataset {name!r} has no files to load; choose from {', '.join(REAL_DATASETS)}"
+    )
+
+
+def make_layout(cfg: DictConfig):
+    """The `Layout` of a real dataset config; names what to pass when the root is unset."""
+    cls = layout_class(cfg.name)
+    if not cfg.get("root"):
+        raise UserError(
+            f"dataset={cfg.name} needs dataset.root=DIR, the folder of {cls.release} "
+            f"(holding {cls.expected})"
+        )
+    return cls(str(cfg.root), list(cfg.tasks))
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """Cheap checks before any run starts: a real dataset's root and split lists exist."""
+    if cfg.name in REAL_DATASETS:
+        make_layout(cfg).check()
