@@ -1,23 +1,12 @@
-"""The harness model: an encoder shaped by a method, and one decoder per task (protocol §2).
+"""The harness model: the encoder a method returns, and one decoder per task (protocol §2).
 
-Every method plugs in through an *encoder* that maps a batch of images to each task's list
-of four stage maps. How the method shares computation between tasks is its encoder mode
-(protocol §2.3):
-
-- `shared`: one backbone pass, the same maps for every task (full FT, LoRA, adapters, ...);
-- `task_streams`: one pass whose task-specific branches leave the backbone at every stage
-  (MTLoRA; the blocks return `TaskStreams`, see `benchmark.backbone`);
-- `per_task`: one pass per task with task-conditioned weights (Polyhistor, HyperFormer),
-  batched: the images are repeated once per task and the conditioned layers read each
-  sample's task from a shared `TaskContext`.
-
-The decoders never know which mode produced their input.
+The encoder and its modes are the method protocol's (`benchmark.method`); this module builds
+the decoders around it, whatever the mode: the decoders never know which produced their input.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,89 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.backbone import SwinBackbone, build_backbone
+from benchmark.method import Encoder, Method
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from benchmark.data import DatasetInfo
-    from methods.base import Method
 
 # MTLoRA's downsampler widths for Swin-T (embed_dim 96); they scale with embed_dim (protocol §2.2).
 DOWNSAMPLER_WIDTHS = (18, 36, 72, 144)
-
-
-class Encoder(nn.Module):
-    """Runs the backbone once; `mode` is `shared` or `task_streams` (the blocks decide)."""
-
-    modes: tuple[str, ...] = ("shared", "task_streams")
-
-    def __init__(self, backbone: SwinBackbone, tasks: Sequence[str], mode: str = "shared"):
-        super().__init__()
-        if mode not in self.modes:
-            raise ValueError(f"Encoder runs one pass; mode {mode!r} needs PerTaskEncoder")
-        self.backbone = backbone
-        self.tasks = list(tasks)
-        self.mode = mode
-
-    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
-        return self.backbone(images, self.tasks)
-
-
-class TaskContext:
-    """The per-sample task index that task-conditioned layers read during a forward pass."""
-
-    def __init__(self, tasks: Sequence[str]):
-        self.tasks = list(tasks)
-        self.task_ids: Tensor | None = None
-
-    @contextlib.contextmanager
-    def bind(self, task_ids: Tensor) -> Iterator[None]:
-        self.task_ids = task_ids
-        try:
-            yield
-        finally:
-            self.task_ids = None
-
-    def current(self) -> Tensor:
-        if self.task_ids is None:
-            raise RuntimeError("a task-conditioned layer ran outside PerTaskEncoder")
-        return self.task_ids
-
-
-class PerTaskEncoder(Encoder):
-    """One backbone pass per task, batched across tasks.
-
-    The batch is repeated once per task (task-major), the conditioned layers look up each
-    sample's task in `context`, and the output is split back per task. `tasks_per_pass`
-    bounds memory: with fewer tasks per pass the tasks are processed in chunks.
-    """
-
-    modes: tuple[str, ...] = ("per_task",)
-
-    def __init__(
-        self,
-        backbone: SwinBackbone,
-        tasks: Sequence[str],
-        context: TaskContext,
-        tasks_per_pass: int | None = None,
-    ):
-        super().__init__(backbone, tasks, "per_task")
-        self.context = context
-        self.tasks_per_pass = tasks_per_pass or len(self.tasks)
-
-    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
-        n = images.shape[0]
-        out: dict[str, list[Tensor]] = {}
-        for start in range(0, len(self.tasks), self.tasks_per_pass):
-            stop = min(start + self.tasks_per_pass, len(self.tasks))
-            chunk = range(start, stop)
-            ids = torch.arange(start, stop, device=images.device).repeat_interleave(n)
-            batch = images.repeat(len(chunk), 1, 1, 1)
-            with self.context.bind(ids):
-                maps = self.backbone(batch, ["all"])["all"]
-            for j, t in enumerate(chunk):
-                out[self.tasks[t]] = [m[j * n : (j + 1) * n] for m in maps]
-        return out
 
 
 class Decoder(nn.Module):

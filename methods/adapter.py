@@ -5,7 +5,7 @@ Learning for NLP", ICML 2019), the `adapter` row of protocol §3.2 (Polyhistor's
 One frozen Swin encoder shared by every task (`shared` mode). Every block gets two bottleneck
 adapters, `x + up(gelu(down(x)))`, one on the attention output and one on the MLP output,
 each before the block's stochastic depth and residual addition (the placement and its
-reasons: `methods.adapters`). The bottleneck of a block of width d is d // `reduction`.
+reasons: `methods.blocks.bottleneck`). The bottleneck of a block of width d is d // `reduction`.
 Both projections start from a normal with std 1e-2 truncated at two stds, biases zero:
 Houlsby's near-identity initialisation. GELU is our choice of non-linearity (the backbone's
 own).
@@ -28,9 +28,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import Encoder
-from methods.adapters import Adapter, bottleneck_width, insert_adapters
-from methods.base import Method, freeze, positive_ints, unfreeze_norms
+from benchmark.method import Encoder, Method
+from methods.blocks.bottleneck import Adapter, bottleneck_width, insert_adapters
+from methods.blocks.inject import freeze, unfreeze_norms
+from methods.blocks.options import positive_ints
 
 
 class HoulsbyAdapter(Method):
@@ -43,9 +44,6 @@ class HoulsbyAdapter(Method):
     @property
     def label(self) -> str:
         return f"{self.name} reduction={self.reduction}"
-
-    def options(self) -> dict:
-        return {"reduction": self.reduction}
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
         freeze(backbone)

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import Encoder
-from methods.base import Method, freeze
+from benchmark.method import Encoder, Method
+from methods.blocks.inject import freeze
 
 
 class BitFit(Method):

@@ -4,7 +4,7 @@ as the official code's released configurations build them.
 
 One frozen Swin encoder shared by every task (`shared` mode) with bottleneck adapters,
 `x + up(gelu(down(x)))`, whose two projections are low-rank parameterised hypercomplex
-multiplication (PHM) layers (`methods.adapters.PHMLinear`): each (in x out) matrix is
+multiplication (PHM) layers (`methods.blocks.phm.PHMLinear`): each (in x out) matrix is
 `W = sum_{i=1..n} kron(A_i, s_i t_i^T)`, with n = `phm_dim`. The n "slow" matrices A_i
 (n x n) are one tensor shared by every PHM layer of the network, as the official code
 injects one rule into every layer (down and up projections of every adapter, every stage:
@@ -15,7 +15,7 @@ the adapter and no dropout (the released configurations turn both off).
 
 - `compacter`: two adapters per block, after attention and after the MLP, on the
   sub-layer's output before the block's stochastic depth and residual addition (the
-  official placement, Houlsby's; see `methods.adapters`).
+  official placement, Houlsby's; see `methods.blocks.bottleneck`).
 - `compacter_pp` (Compacter++): one adapter per block, after the MLP only.
 
 Multi-task: one adapter set (and one rule) serves the four tasks in one pass per image, our
@@ -60,15 +60,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import Encoder
-from methods.adapters import (
-    POSITIONS,
-    PHMAdapter,
-    bottleneck_width,
-    insert_adapters_at,
-    phm_rule,
-)
-from methods.base import Method, freeze, positive_ints, unfreeze_norms
+from benchmark.method import Encoder, Method
+from methods.blocks.bottleneck import POSITIONS, bottleneck_width, insert_adapters_at
+from methods.blocks.inject import freeze, unfreeze_norms
+from methods.blocks.options import positive_ints
+from methods.blocks.phm import PHMAdapter, phm_rule
 
 
 class Compacter(Method):
@@ -84,10 +80,6 @@ class Compacter(Method):
     @property
     def label(self) -> str:
         return f"{self.name} n={self.phm_dim} reduction={self.reduction}"
-
-    def options(self) -> dict:
-        return {"phm_dim": self.phm_dim, "reduction": self.reduction,
-                "positions": list(self.positions)}
 
     def check_widths(self, widths: Sequence[int]) -> None:
         """A ValueError in one line unless n divides every stage width and bottleneck."""
@@ -121,5 +113,5 @@ class CompacterPlusPlus(Compacter):
     paper_trainable_m = 2.66
     positions = ("mlp",)
 
-    def __init__(self, phm_dim: int = 4, reduction: int = 8, name: str | None = None):
-        super().__init__(phm_dim, reduction, name or "compacter_pp")
+    def __init__(self, name: str | None = None, **options):
+        super().__init__(name=name or "compacter_pp", **options)

@@ -8,8 +8,8 @@ train. Its trainable count is the decoders' (1,946,624 for Swin-T and the four P
 from collections.abc import Sequence
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import Encoder
-from methods.base import Method, freeze
+from benchmark.method import Encoder, Method
+from methods.blocks.inject import freeze
 
 
 class DecodersOnly(Method):

@@ -2,7 +2,7 @@
 ICML 2024), the weight-decomposed counterpart of the `lora` baseline.
 
 One frozen Swin encoder shared by every task; each targeted linear of every block becomes
-(`methods.lowrank.DoRALinear`)
+(`methods.blocks.lowrank.DoRALinear`)
 
     y = m / ||W + s B A||_c  *  (W x + s B A dropout(x))  +  b
 
@@ -39,44 +39,29 @@ trainable, 17,664 (0.6 %) above `lora`'s 2,873,984 and 0.76 % above the 2.87 M p
 for the LoRA baseline. (Rank 34 would give 2,865,152, 0.16 % below it, but would compare
 DoRA with LoRA at different ranks.)
 
-`merge()` (`methods.lowrank.merge_lora`) folds each layer into its frozen weight for
+`merge()` (`methods.blocks.lowrank.merge_lora`) folds each layer into its frozen weight for
 inference, W <- m / ||W + s B A||_c * (W + s B A).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 
-from methods.lora import DEFAULT_TARGETS, LoRA
-from methods.lowrank import DoRALinear
+from methods.blocks.lowrank import DoRALinear
+from methods.blocks.options import choice
+from methods.lora import LoRA
 
 
 class DoRA(LoRA):
+    """LoRA's options (`**options`: rank, targets, scale, alpha, dropout) and `dropout_style`."""
+
     paper_trainable_m = None  # no count published on this protocol (see the docstring)
     layer = DoRALinear
 
-    def __init__(
-        self,
-        name: str = "dora",
-        rank: int = 35,
-        targets: Sequence[str] = DEFAULT_TARGETS,
-        scale: float | None = None,
-        alpha: float | None = None,
-        dropout: float = 0.05,
-        dropout_style: str = "peft",
-    ):
-        super().__init__(name, rank, targets, scale, alpha, dropout)
-        if dropout_style not in DoRALinear.DROPOUT_STYLES:
-            raise ValueError(
-                f"dropout_style must be one of {', '.join(DoRALinear.DROPOUT_STYLES)}, "
-                f"got {dropout_style!r}"
-            )
-        self.dropout_style = dropout_style
+    def __init__(self, name: str = "dora", dropout_style: str = "peft", **options):
+        super().__init__(name, **options)
+        self.dropout_style = choice("dropout_style", dropout_style, DoRALinear.DROPOUT_STYLES)
         self.layer = partial(DoRALinear, dropout_style=dropout_style)
-
-    def options(self) -> dict:
-        return {**super().options(), "dropout_style": self.dropout_style}
 
     @property
     def label(self) -> str:

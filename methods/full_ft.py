@@ -4,7 +4,7 @@ One shared Swin encoder and one decoder per task, all trained jointly on the wei
 the task losses. Trains: every backbone parameter and every decoder. Frozen: nothing.
 """
 
-from methods.base import Method
+from benchmark.method import Method
 
 
 class FullFineTuning(Method):

@@ -2,7 +2,7 @@
 Models", ICLR 2022), the `lora` baseline of protocol §3.2 and of MTLoRA's Table 1.
 
 One frozen Swin encoder shared by every task; each targeted linear of every block becomes
-`W x + b + s * B A dropout(x)` (`methods.lowrank.LoRALinear`): A Kaiming-uniform
+`W x + b + s * B A dropout(x)` (`methods.blocks.lowrank.LoRALinear`): A Kaiming-uniform
 (a = sqrt(5)), B zero, so training starts from the pre-trained network.
 
 Trains: the LoRA factors A and B, plus the decoders (the harness). Frozen: everything else
@@ -36,9 +36,10 @@ from collections.abc import Sequence
 from torch import nn
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import Encoder
-from methods.base import Method, freeze, positive_ints
-from methods.lowrank import LoRALinear, inject
+from benchmark.method import Encoder, Method
+from methods.blocks.inject import freeze, inject
+from methods.blocks.lowrank import LoRALinear
+from methods.blocks.options import dropout_rate, positive_ints
 
 SWIN_LINEARS = ("qkv", "proj", "fc1", "fc2", "reduction")
 DEFAULT_TARGETS = ("qkv", "proj")
@@ -70,8 +71,7 @@ class LoRA(Method):
         (rank,) = positive_ints(rank=rank)
         if scale is not None and alpha is not None:
             raise ValueError("give scale or alpha (scale = alpha / rank), not both")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        dropout = dropout_rate(dropout)
         self.rank = rank
         self.targets = targets
         self.alpha = None if alpha is None else float(alpha)
@@ -79,18 +79,12 @@ class LoRA(Method):
             self.alpha / self.rank if self.alpha is not None
             else 4.0 if scale is None else float(scale)
         )
-        self.dropout = float(dropout)
+        self.dropout = dropout
 
     @property
     def label(self) -> str:
         where = "" if tuple(self.targets) == DEFAULT_TARGETS else " " + "+".join(self.targets)
         return f"lora r={self.rank}{where}"
-
-    def options(self) -> dict:
-        return {
-            "rank": self.rank, "targets": list(self.targets), "scale": self.scale,
-            "alpha": self.alpha, "dropout": self.dropout,
-        }
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
         freeze(backbone)

@@ -7,13 +7,13 @@ Layers:
   `fc2` of every block of every stage.
 - TS-LoRA (task-specific), rank `task_rank` per task, only in the last block of each stage
   and only on `proj`, `fc1`, `fc2`; never on `qkv`, so the attention maps stay shared.
-  These layers are `methods.lowrank.MultiTaskLoRALinear`: the frozen product is computed
+  These layers are `methods.blocks.lowrank.MultiTaskLoRALinear`: the frozen product is computed
   on the shared stream and a task output carries its own update but not the shared one.
 - Both paths scale by the fixed `scale` (4.0, not alpha / r), with LoRA dropout `dropout`
   (0.05) on the shared input; A Kaiming-uniform (a = sqrt(5)), B zero.
 
-The last block of each stage (`TaskStreamBlock`) runs the shared stream as a normal block
-with TA-LoRA and, in the same pass, one stream per task:
+The last block of each stage (`methods.blocks.task_streams.TaskStreamBlock`) runs the shared
+stream as a normal block with TA-LoRA and, in the same pass, one stream per task:
 
     a_t   = x + droppath(proj_t(shared attention output))
     h_t   = GELU(fc1_t(norm2(shared), norm2(a_t)))
@@ -69,72 +69,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
-from benchmark.backbone import SwinBackbone, TaskStreams
-from benchmark.model import Encoder
-from methods.base import Method, freeze, positive_ints, unfreeze_norms
-from methods.lowrank import (
+from benchmark.backbone import SwinBackbone
+from benchmark.method import TaskStreamEncoder
+from methods.blocks.inject import inject
+from methods.blocks.lowrank import (
     DoRALinear,
     LoRALinear,
     MultiTaskDoRALinear,
     MultiTaskLoRALinear,
-    inject,
+)
+from methods.blocks.options import flag
+from methods.blocks.task_streams import (
+    TA_TARGETS,
+    TS_TARGETS,
+    LowRankStreams,
+    TaskStreamBlock,
+    unfreeze_stream_extras,
 )
 
-# The shared-path linears of every block, and the subset that also has task paths in the
-# last block of a stage (protocol §3.1).
-TA_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-TS_TARGETS = ("attn.proj", "mlp.fc1", "mlp.fc2")
 
-
-class TaskStreamBlock(nn.Module):
-    """The last Swin block of a stage, computing the shared stream and every task stream.
-
-    Wraps a timm `SwinTransformerBlock` whose `attn.proj`, `mlp.fc1` and `mlp.fc2` are
-    `MultiTaskLoRALinear`s and reuses its frozen modules: norms, window partition, shift,
-    mask and relative position bias (through the block's own `_attn`), GELU, drop path.
-    Returns `TaskStreams` (NHWC).
-    """
-
-    #: the multi-task layers it runs (another method's with the same interface may replace it)
-    layer_types: tuple[type, ...] = (MultiTaskLoRALinear,)
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        layers = (block.attn.proj, block.mlp.fc1, block.mlp.fc2)
-        if not all(isinstance(m, self.layer_types) for m in layers):
-            raise TypeError("proj, fc1 and fc2 of a task-stream block must be multi-task layers")
-        self.tasks = block.attn.proj.tasks
-        # With proj out of the attention, block._attn returns the attention output per token
-        # in image layout; proj is per token, so applying it afterwards changes nothing.
-        self.proj, self.proj_drop = block.attn.proj, block.attn.proj_drop
-        block.attn.proj, block.attn.proj_drop = nn.Identity(), nn.Identity()
-        self.block = block
-
-    def proj_task_inputs(self, normed: Tensor, context: Tensor) -> dict[str, Tensor] | None:
-        """What the task updates of `proj` read (None: the shared attention output `context`,
-        as in MTLoRA); `normed` is the block's input after norm1. TADFormer overrides it."""
-        return None
-
-    def forward(self, x: Tensor) -> TaskStreams:
-        blk, mlp = self.block, self.block.mlp
-        normed = blk.norm1(x)
-        context = blk._attn(normed)
-        attn, attn_t = self.proj(context, self.proj_task_inputs(normed, context))
-        shared = x + blk.drop_path1(self.proj_drop(attn))
-        streams = {t: x + blk.drop_path1(self.proj_drop(a)) for t, a in attn_t.items()}
-
-        hidden, hidden_t = mlp.fc1(blk.norm2(shared), {t: blk.norm2(s) for t, s in streams.items()})
-        hidden = mlp.norm(mlp.drop1(mlp.act(hidden)))
-        hidden_t = {t: mlp.norm(mlp.drop1(mlp.act(h))) for t, h in hidden_t.items()}
-        out, out_t = mlp.fc2(hidden, hidden_t)
-        shared = shared + blk.drop_path2(mlp.drop2(out))
-        streams = {t: s + blk.drop_path2(mlp.drop2(out_t[t])) for t, s in streams.items()}
-        return TaskStreams(shared, streams)
-
-
-class MTLoRA(Method):
+class MTLoRA(LowRankStreams):
     # protocol §3.1 / the paper's Table 1, Swin-T on PASCAL-Context with task_rank 4
     PAPER_TRAINABLE_M = {16: 4.95, 32: 6.08, 64: 8.34}
     adapt_merging = False  # MTLoRA+ freezes the merging reductions and gives them TA-LoRA
@@ -149,15 +105,8 @@ class MTLoRA(Method):
         dropout: float = 0.05,
         dora: bool = False,
     ):
-        super().__init__(name)
-        rank, task_rank = positive_ints(rank=rank, task_rank=task_rank)
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.rank, self.task_rank = rank, task_rank
-        self.scale, self.dropout = float(scale), float(dropout)
-        if not isinstance(dora, bool):
-            raise ValueError(f"dora must be true or false, got {dora!r}")
-        self.dora = dora
+        super().__init__(name, scale, dropout, rank=rank, task_rank=task_rank)
+        self.dora = flag("dora", dora)
         self.paper_trainable_m = (
             self.PAPER_TRAINABLE_M.get(self.rank) if self.task_rank == 4 and not dora else None
         )
@@ -168,28 +117,12 @@ class MTLoRA(Method):
         dora = " dora" if self.dora else ""
         return f"{self.short_name}{dora} r={self.rank}{suffix}"
 
-    def options(self) -> dict:
-        options = {
-            "rank": self.rank, "task_rank": self.task_rank,
-            "scale": self.scale, "dropout": self.dropout,
-        }
-        if self.dora:  # absent when false, so the records of plain MTLoRA are unchanged
-            options["dora"] = True
-        return options
-
-    def _ta_lora(self, linear: nn.Linear) -> LoRALinear:
+    def ta_lora(self, linear: nn.Linear) -> LoRALinear:
         layer = DoRALinear if self.dora else LoRALinear
         return layer(linear, self.rank, self.scale, self.dropout)
 
-    def task_stream_block(self, block: nn.Module) -> TaskStreamBlock:
-        """The module that runs the last block of a stage (TADFormer overrides it)."""
-        return TaskStreamBlock(block)
-
-    def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
-        freeze(backbone)
-        for p in backbone.patch_embed.parameters():
-            p.requires_grad_(True)
-        unfreeze_norms(backbone)
+    def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> TaskStreamEncoder:
+        unfreeze_stream_extras(backbone)
 
         def ts_lora(linear: nn.Linear) -> MultiTaskLoRALinear:
             layer = MultiTaskDoRALinear if self.dora else MultiTaskLoRALinear
@@ -198,22 +131,20 @@ class MTLoRA(Method):
             )
 
         for stage in backbone.stages:
-            for block in stage.blocks:
-                block.attn.relative_position_bias_table.requires_grad_(True)
             last = stage.blocks[-1]
             inject(last, TS_TARGETS, ts_lora)
-            inject(last, ["attn.qkv"], self._ta_lora)
+            inject(last, ["attn.qkv"], self.ta_lora)
             for block in stage.blocks[:-1]:
-                inject(block, TA_TARGETS, self._ta_lora)
-            stage.blocks[-1] = self.task_stream_block(last)
+                inject(block, TA_TARGETS, self.ta_lora)
+            stage.blocks[-1] = TaskStreamBlock(last)
             if isinstance(stage.merge, nn.Identity):
                 continue
             if self.adapt_merging:
-                inject(stage.merge, ["reduction"], self._ta_lora)
+                inject(stage.merge, ["reduction"], self.ta_lora)
             else:
                 for p in stage.merge.reduction.parameters():
                     p.requires_grad_(True)
-        return Encoder(backbone, tasks, mode="task_streams")
+        return TaskStreamEncoder(backbone, tasks)
 
 
 class MTLoRAPlus(MTLoRA):

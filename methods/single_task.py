@@ -9,7 +9,7 @@ paper's 112.62 M for Swin-T and four tasks; the code-level sum is 4 x 27,517,818
 
 from collections.abc import Sequence
 
-from methods.base import Method
+from benchmark.method import Method
 
 
 class SingleTask(Method):

@@ -2,7 +2,7 @@
 Efficient Multi-Task Learning", CVPR 2025), as its official implementation behaves, with the
 dynamic task filter of the paper switched on (protocol §3.2). Published on PASCAL-Context
 with Swin-T: 3.56 / 4.78 / 7.38 M trainable parameters, Δm +2.44 / +3.63 / +4.24 % at
-r = 16 / 32 / 64. The building blocks are in `methods.tadformer_blocks`.
+r = 16 / 32 / 64. The building blocks are in `methods.blocks.tadformer`.
 
 Structure (one encoder pass, task streams as MTLoRA's, protocol §2.3):
 
@@ -76,59 +76,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import Encoder
-from methods.base import Method, freeze, positive_ints, unfreeze_norms
-from methods.lowrank import LoRALinear, inject
-from methods.mtlora import TA_TARGETS, TS_TARGETS
-from methods.tadformer_blocks import PromptBlock, TaskAdaptedLinear, TaskAdaptingBlock
+from methods.blocks.inject import inject
+from methods.blocks.options import choice
+from methods.blocks.tadformer import (
+    PromptBlock,
+    TADFormerEncoder,
+    TaskAdaptedLinear,
+    TaskAdaptingBlock,
+)
+from methods.blocks.task_streams import (
+    TA_TARGETS,
+    TS_TARGETS,
+    LowRankStreams,
+    unfreeze_stream_extras,
+)
 
 FILTERS = ("dynamic", "static")
 
 
-def init_prompts_(prompts: Tensor) -> Tensor:
-    """N(1, 1) truncated to the absolute bounds [-2, 2] (timm's `trunc_normal_(mean=1)`)."""
-    return nn.init.trunc_normal_(prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
-
-
-class TADFormerEncoder(Encoder):
-    """The backbone run with the prompts: every block takes and returns (tokens, prompts);
-    each stage's last block returns the task streams, which leave through the merging."""
-
-    def __init__(self, backbone: SwinBackbone, tasks: Sequence[str]):
-        super().__init__(backbone, tasks, mode="task_streams")
-        w = backbone.patch_embed.proj.weight
-        dd = {"device": w.device, "dtype": w.dtype}
-        self.prompts = nn.Parameter(init_prompts_(torch.empty(len(tasks), backbone.embed_dim,
-                                                              **dd)))
-        self.prompt_up = nn.ModuleList()
-        for stage in backbone.stages[:-1]:
-            up = nn.Linear(stage.merge.dim, stage.merge.out_dim, bias=False, **dd)
-            nn.init.trunc_normal_(up.weight, std=0.02)
-            self.prompt_up.append(up)
-
-    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
-        x = self.backbone.patch_embed(images)
-        # a copy, not a view: a view of a parameter made under no_grad trips the module
-        # tracker of PyTorch's FLOP counter
-        p = self.prompts.repeat(x.shape[0], 1, 1)
-        features: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
-        for i, stage in enumerate(self.backbone.stages):
-            for block in stage.blocks[:-1]:
-                x, p = block(x, p)
-            streams, p = stage.blocks[-1](x, p)
-            for task in self.tasks:
-                features[task].append(stage.merge(streams.tasks[task]).permute(0, 3, 1, 2))
-            x = stage.merge(streams.shared)
-            if i < len(self.prompt_up):
-                p = self.prompt_up[i](p)
-        return features
-
-
-class TADFormer(Method):
+class TADFormer(LowRankStreams):
     """MTLoRA's TA-LoRA with task prompts, the TPC operator, task filters on the shared
     factors of each stage's last block, and a stage-wise gate (see the module docstring)."""
 
@@ -138,13 +107,8 @@ class TADFormer(Method):
 
     def __init__(self, name: str = "tadformer", rank: int = 64, scale: float = 4.0,
                  dropout: float = 0.05, filter: str = "dynamic"):
-        super().__init__(name)
-        (self.rank,) = positive_ints(rank=rank)
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if filter not in FILTERS:
-            raise ValueError(f"filter must be one of {', '.join(FILTERS)}, got {filter!r}")
-        self.scale, self.dropout, self.filter = float(scale), float(dropout), filter
+        super().__init__(name, scale, dropout, rank=rank)
+        self.filter = choice("filter", filter, FILTERS)
         self.paper_trainable_m = (
             self.PAPER_TRAINABLE_M.get(self.rank) if filter == "dynamic" else None
         )
@@ -154,18 +118,8 @@ class TADFormer(Method):
         static = " static" if self.filter == "static" else ""
         return f"{self.short_name}{static} r={self.rank}"
 
-    def options(self) -> dict:
-        return {"rank": self.rank, "scale": self.scale, "dropout": self.dropout,
-                "filter": self.filter}
-
-    def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
-        freeze(backbone)  # the merging reductions stay frozen, with no LoRA
-        for p in backbone.patch_embed.parameters():
-            p.requires_grad_(True)
-        unfreeze_norms(backbone)
-
-        def ta_lora(linear: nn.Linear) -> LoRALinear:
-            return LoRALinear(linear, self.rank, self.scale, self.dropout)
+    def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> TADFormerEncoder:
+        unfreeze_stream_extras(backbone)  # the merging reductions stay frozen, with no LoRA
 
         def task_adapted(linear: nn.Linear) -> TaskAdaptedLinear:
             return TaskAdaptedLinear(linear, self.rank, self.scale, self.dropout, tasks,
@@ -175,10 +129,8 @@ class TADFormer(Method):
         for i, stage in enumerate(stages):
             *blocks, last = stage.blocks
             for block in blocks:
-                block.attn.relative_position_bias_table.requires_grad_(True)
-                inject(block, TA_TARGETS, ta_lora)
-            last.attn.relative_position_bias_table.requires_grad_(True)
-            inject(last, ["attn.qkv"], ta_lora)
+                inject(block, TA_TARGETS, self.ta_lora)
+            inject(last, ["attn.qkv"], self.ta_lora)
             inject(last, TS_TARGETS, task_adapted)
             for j, block in enumerate(blocks):
                 stage.blocks[j] = PromptBlock(block)

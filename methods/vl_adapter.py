@@ -10,7 +10,7 @@ attention and one after the MLP, the same for every task.
 
 How it differs from `adapter` here. Structurally it is the same module at the same place:
 Houlsby's bottleneck `x + up(gelu(down(x)))`, put before each drop-path of the block
-(`methods.adapters`), initialised near the identity (std 1e-2), with every LayerNorm
+(`methods.blocks.bottleneck`), initialised near the identity (std 1e-2), with every LayerNorm
 trained; VL-Adapter's point, sharing one set across the tasks, is already how protocol §3.2
 defines the `adapter` baseline. What differs is the bottleneck, and it is what the two
 published rows (11.24 M against 4.74 M) can only differ by: `vl_adapter` defaults to

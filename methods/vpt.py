@@ -21,14 +21,14 @@ tokens, prompts included.
   outputs reach nothing but the prompt outputs of the last block, which the official
   classifier pools and a dense decoder never sees. For the patch tokens the prompts
   therefore act only through the keys and values they give in their block's attention:
-  `methods.prompts.PromptedWindowAttention` computes exactly that, and nothing for the
+  `methods.blocks.prompts.PromptedWindowAttention` computes exactly that, and nothing for the
   prompts after it (the official block's patch outputs, with the same weights).
 - `vpt_shallow`: one set of `num_prompts` prompts of the first stage's width, put in front
   of the patch tokens after the patch embedding (no position embedding, no patch-embedding
-  norm). They are tokens of the stream from then on (`methods.prompts.prompted_block`): each
+  norm). They are tokens of the stream from then on (`methods.blocks.prompts.prompted_block`): each
   block's prompt outputs are the next block's prompts, through all blocks of all stages.
   At a patch merging the prompts cross as four copies side by side through the frozen
-  merging norm and reduction, C -> 4C -> 2C (`methods.prompts.merge_prompts`): the official
+  merging norm and reduction, C -> 4C -> 2C (`methods.blocks.prompts.merge_prompts`): the official
   code's path (the VPT paper says the prompts are ignored at the merging; the code passes
   them through it, and we follow the code). The decoders get the patch tokens of each stage
   after its merging; the prompts are never decoded.
@@ -44,7 +44,7 @@ tokens, prompts included.
 - Initialisation: the official Xavier-uniform bound for every prompt set,
   U(+-sqrt(6 / (3 p^2 + C_0))) with p the patch size and C_0 the first stage's width, also
   for the wider prompts of the later stages (Swin-T: sqrt(6 / 144) = 0.204 everywhere;
-  `methods.prompts.init_prompts`).
+  `methods.blocks.prompts.init_prompts`).
 
 Choices the official code leaves open for dense prediction, or where we differ:
 
@@ -70,40 +70,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from benchmark.backbone import SwinBackbone
-from benchmark.model import Encoder
-from methods.base import Method, freeze, positive_ints
-from methods.prompts import PromptedWindowAttention, init_prompts, merge_prompts, prompted_block
-
-
-class ShallowPromptEncoder(Encoder):
-    """The frozen backbone run with `prompts` (P, C_0) as tokens of the stream (`shared`)."""
-
-    def __init__(self, backbone: SwinBackbone, tasks: Sequence[str], prompts: nn.Parameter):
-        super().__init__(backbone, tasks)
-        self.prompts = prompts
-
-    def forward_with_prompts(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """The stage maps (NCHW, after each merging) and the prompts (B, P, C) each stage's
-        first block receives."""
-        backbone = self.backbone
-        x = backbone.patch_embed(images)
-        z = self.prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        maps, stage_prompts = [], []
-        for stage in backbone.stages:
-            stage_prompts.append(z)
-            for block in stage.blocks:
-                x, z = prompted_block(block, x, z)
-            x = stage.merge(x)
-            z = merge_prompts(stage.merge, z)
-            maps.append(x.permute(0, 3, 1, 2))
-        return maps, stage_prompts
-
-    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
-        maps, _ = self.forward_with_prompts(images)
-        return {task: maps for task in self.tasks}
+from benchmark.method import Encoder, Method
+from methods.blocks.inject import freeze
+from methods.blocks.options import positive_ints
+from methods.blocks.prompts import PromptedWindowAttention, ShallowPromptEncoder, init_prompts
 
 
 class VPT(Method):
@@ -119,9 +92,6 @@ class VPT(Method):
     @property
     def label(self) -> str:
         return f"{self.name} prompts={self.num_prompts}"
-
-    def options(self) -> dict:
-        return {"num_prompts": self.num_prompts, "deep": self.deep}
 
     def build_encoder(self, backbone: SwinBackbone, tasks: Sequence[str]) -> Encoder:
         freeze(backbone)

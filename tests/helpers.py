@@ -10,14 +10,18 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
 from benchmark.backbone import SwinBackbone, build_backbone
-from benchmark.config import CONF_DIR
+from benchmark.config import CONF_DIR, compose_all, expand
 from benchmark.data import Split
 from benchmark.losses import MultiTaskLoss
-from benchmark.model import MultiTaskModel
+from benchmark.method import Encoder
+from benchmark.model import MultiTaskModel, build_decoders
+from benchmark.params import count
+from methods.blocks.lowrank import LowRank
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small synthetic splits so that command-line tests render in well under a second.
@@ -153,3 +157,110 @@ def assert_overfits(
     for name, p in encoder.items():
         moved = not torch.equal(p.detach(), before[name])
         assert moved != name.startswith(unused), name
+
+
+# --- tiny models and batches -----------------------------------------------------------
+
+
+def params_of(*overrides: str) -> list[dict]:
+    """`benchmark.params` rows (meta device) for the cartesian product of `overrides`."""
+    return [count(cfg) for cfg in compose_all(expand(list(overrides)))]
+
+
+def fake_batch(n: int = 2, size: int = 32, seed: int = 0, cells: int = 4) -> dict:
+    """Labels in the formats of benchmark/tasks.py, constant over `cells` x `cells` blocks
+    that the image marks too, so that a few steps can fit them."""
+    g = torch.Generator().manual_seed(seed)
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, size=(size, size), mode="nearest")
+
+    def ids(classes: int) -> torch.Tensor:
+        coarse = torch.randint(0, classes, (n, 1, cells, cells), generator=g)
+        return blocks(coarse.float())[:, 0].long()
+
+    image = blocks(torch.randn(n, 3, cells, cells, generator=g))
+    return {
+        "image": image + 0.1 * torch.randn(n, 3, size, size, generator=g),
+        "semseg": ids(OUTPUTS["semseg"]),
+        "human_parts": ids(OUTPUTS["human_parts"]),
+        "sal": ids(2),
+        "normals": F.normalize(blocks(torch.randn(n, 3, cells, cells, generator=g)), dim=1),
+    }
+
+
+def randomise(module: nn.Module, which: type = LowRank, seed: int = 0) -> None:
+    """Give every low-rank update of type `which` a random, non-zero B."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, which):
+                m.b.copy_(torch.randn(m.b.shape, generator=g) * 0.05)
+
+
+def model_with(encoder: Encoder, backbone: SwinBackbone, tasks=TASKS) -> MultiTaskModel:
+    return MultiTaskModel(encoder, build_decoders(backbone, {t: OUTPUTS[t] for t in tasks}))
+
+
+def assert_same_features(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for task in a:
+        for x, y in zip(a[task], b[task], strict=True):
+            torch.testing.assert_close(x, y, atol=atol, rtol=1e-4)
+
+
+def blocky_batch(n: int = 2, size: int = 32, cells: int = 4) -> dict:
+    """Labels in the formats of benchmark/tasks.py, read off a blocky image (constant over
+    cells x cells squares), so that a few optimiser steps can fit them."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.randn(n, 3, cells, cells, generator=g)
+    image = F.interpolate(coarse, size=(size, size), mode="nearest")
+
+    def classes(channel: int, count: int) -> torch.Tensor:
+        edges = torch.linspace(-1.5, 1.5, count - 1)
+        return torch.bucketize(image[:, channel].contiguous(), edges)
+
+    parts = classes(1, 7)
+    parts[0, : size // 4] = 255  # some ignored pixels
+    return {
+        "image": image + 0.05 * torch.randn(n, 3, size, size, generator=g),
+        "semseg": classes(0, OUTPUTS["semseg"]),
+        "human_parts": parts,
+        "sal": (image[:, 2] > 0).long(),
+        "normals": F.normalize(image, dim=1),
+    }
+
+
+def expected_adapter(reduction: int = 1) -> int:
+    # two adapters per block, each down d x m + m and up m x d + d
+    adapters = sum(2 * (2 * d * (d // reduction) + d // reduction + d) for d in SWIN_T_BLOCKS)
+    return adapters + SWIN_T_NORMS + DECODERS
+
+
+# The shared stream of the last stage reaches no decoder, so the one TA-LoRA update that
+# acts on it alone (fc2 of the very last block) trains nothing, as in the official code.
+MTLORA_UNUSED = ("encoder.backbone.stages.3.blocks.1.block.mlp.fc2.shared.",)
+
+
+# At 32 px (fake_batch's size) the last stage is one token: attention over a single key
+# ignores the relative-position bias, whose tables there get a zero gradient and stay put.
+ONE_TOKEN_TABLES = (
+    "encoder.backbone.stages.3.blocks.0.attn.relative_position_bias_table",
+    "encoder.backbone.stages.3.blocks.1.block.attn.relative_position_bias_table",
+)
+
+
+# The TPC LayerNorms of the blocks that are not last in their stage: created and counted
+# as in the official code, never used (tiny model: two blocks per stage).
+TADFORMER_UNUSED = tuple(f"encoder.backbone.stages.{s}.blocks.0.tpc_norm." for s in range(4))
+
+
+def ditask_unused(stages: int = 4, depth: int = 2) -> tuple[str, ...]:
+    """The trainable parameters the official code never gives a gradient (every qkv's task
+    thetas; the shared thetas of proj, fc1, fc2 in the very last block)."""
+    root = "encoder.backbone.stages"
+    qkv = [f"{root}.{s}.blocks.{b}.{'block.' if b == depth - 1 else ''}attn.qkv.task_theta."
+           for s in range(stages) for b in range(depth)]
+    last = f"{root}.{stages - 1}.blocks.{depth - 1}"
+    return (*qkv, f"{last}.proj.theta", f"{last}.block.mlp.fc1.theta",
+            f"{last}.block.mlp.fc2.theta")

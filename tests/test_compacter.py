@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import main as params_main
-from benchmark.run import compose_all, expand
-from methods.adapters import AdaptedBranch, PHMAdapter, PHMLinear, phm_rule
+from methods.blocks.bottleneck import AdaptedBranch
+from methods.blocks.phm import PHMAdapter, PHMLinear, phm_rule
 from methods.compacter import Compacter, CompacterPlusPlus
 from tests.helpers import (
     DECODERS,
@@ -22,10 +23,10 @@ from tests.helpers import (
     TASKS,
     assert_gradients,
     assert_overfits,
+    blocky_batch,
+    params_of,
+    tiny_backbone,
 )
-from tests.test_adapters import _batch
-from tests.test_lora import params_of
-from tests.test_model import tiny_backbone
 
 
 def expected_compacter(per_block: int, n: int = 4, reduction: int = 8) -> int:
@@ -160,10 +161,10 @@ def test_adapters_and_every_backbone_layernorm_train_and_get_gradients(cls):
     assert trainable == norms | adapters and adapters
     assert "backbone.patch_embed.norm.weight" in norms
     assert "backbone.stages.0.merge.norm.bias" in norms
-    assert_gradients(model, _batch())
+    assert_gradients(model, blocky_batch())
 
 
 @pytest.mark.parametrize("cls", [Compacter, CompacterPlusPlus])
 def test_overfits_a_tiny_batch(cls):
     torch.manual_seed(0)
-    assert_overfits(_model(cls), _batch(), steps=8, lr=1e-3)
+    assert_overfits(_model(cls), blocky_batch(), steps=8, lr=1e-3)

@@ -1,4 +1,4 @@
-"""DiTASK (methods/ditask.py) and its CPAB transform (methods/cpab.py): the transform against
+"""DiTASK (methods/ditask.py) and its CPAB transform (methods/blocks/cpab.py): the transform against
 a numerical ODE solution, finite differences and its invariants; the layer against a dense
 reconstruction; the SVD cache against recomputation; counts, streams, trainability."""
 
@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
-from benchmark.run import compose_all, expand
-from methods import cpab
-from methods.ditask import DiTASK, DiTASKBlock, DiTASKLinear, MultiTaskDiTASKLinear
+from methods.blocks import cpab
+from methods.blocks.spectral import DiTASKBlock, DiTASKLinear, MultiTaskDiTASKLinear
+from methods.ditask import DiTASK
 from tests.helpers import (
     DECODERS,
     PASCAL_SWIN_T,
@@ -24,9 +25,13 @@ from tests.helpers import (
     TASKS,
     assert_gradients,
     assert_overfits,
+    assert_same_features,
+    ditask_unused,
+    fake_batch,
+    model_with,
+    params_of,
+    tiny_backbone,
 )
-from tests.test_lora import assert_same_features, fake_batch, model_with, params_of
-from tests.test_model import tiny_backbone
 
 # --- the CPAB transform ---------------------------------------------------------------
 
@@ -304,17 +309,6 @@ def test_task_streams_follow_the_official_structure():
             assert all(torch.equal(a, b) for a, b in zip(again[t], after[t]))
 
 
-def unused_prefixes(stages: int = 4, depth: int = 2) -> tuple[str, ...]:
-    """The trainable parameters the official code never gives a gradient (every qkv's task
-    thetas; the shared thetas of proj, fc1, fc2 in the very last block)."""
-    root = "encoder.backbone.stages"
-    qkv = [f"{root}.{s}.blocks.{b}.{'block.' if b == depth - 1 else ''}attn.qkv.task_theta."
-           for s in range(stages) for b in range(depth)]
-    last = f"{root}.{stages - 1}.blocks.{depth - 1}"
-    return (*qkv, f"{last}.proj.theta", f"{last}.block.mlp.fc1.theta",
-            f"{last}.block.mlp.fc2.theta")
-
-
 def test_trainable_set_and_exactly_the_official_parameters_get_gradients():
     backbone = tiny_backbone(64)
     model = model_with(DiTASK().build_encoder(backbone, TASKS), backbone)
@@ -322,7 +316,7 @@ def test_trainable_set_and_exactly_the_official_parameters_get_gradients():
         frozen = name.endswith(("base.weight", "base.bias"))  # qkv, proj, fc1, fc2
         assert p.requires_grad != frozen, name  # thetas, norms, patch embed, tables, merging
     assert any(".reduction." in n and p.requires_grad for n, p in model.named_parameters())
-    unused = unused_prefixes()
+    unused = ditask_unused()
     assert_gradients(model, fake_batch(size=64), unused=unused)
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert len(no_grad) == 8 * 4 + 3  # 4 task thetas on the 8 qkv, the 3 last shared thetas
@@ -334,7 +328,7 @@ def test_overfits_a_tiny_batch():
     # at 32 px the last stage is one token: its relative-position tables get zero gradients
     tables = ("encoder.backbone.stages.3.blocks.0.attn.relative_position_bias_table",
               "encoder.backbone.stages.3.blocks.1.block.attn.relative_position_bias_table")
-    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=unused_prefixes() + tables)
+    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=ditask_unused() + tables)
 
 
 def test_the_report_sets_ditasks_published_numbers_beside_ours(tmp_path):

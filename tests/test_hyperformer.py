@@ -6,10 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
-from benchmark.run import compose_all, expand
-from methods.adapters import AdaptedBranch, HyperEncoder
-from methods.hyperformer import GeneratedAdapter, HyperFormer, bottleneck_of
+from methods.blocks.bottleneck import AdaptedBranch
+from methods.blocks.hypernet import HyperEncoder
+from methods.blocks.stage_hypernet import GeneratedAdapter, bottleneck_of
+from methods.hyperformer import HyperFormer
 from tests.helpers import (
     DECODERS,
     PASCAL_SWIN_T,
@@ -18,9 +20,11 @@ from tests.helpers import (
     TASKS,
     assert_gradients,
     assert_overfits,
+    fake_batch,
+    model_with,
+    params_of,
+    tiny_backbone,
 )
-from tests.test_lora import fake_batch, model_with, params_of
-from tests.test_model import tiny_backbone
 
 SWIN_T_DEPTHS = [2, 2, 6, 2]
 

@@ -1,77 +1,31 @@
-"""LoRA (methods/lora.py) and the low-rank building blocks it shares (methods/lowrank.py)."""
+"""LoRA (methods/lora.py) and the low-rank building blocks it shares (methods/blocks/lowrank.py,
+methods/blocks/inject.py)."""
 
 import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from benchmark.backbone import SwinBackbone
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
-from benchmark.model import Encoder, MultiTaskModel, build_decoders
-from benchmark.params import count
-from benchmark.run import compose_all, expand
+from methods.blocks.inject import inject
+from methods.blocks.lowrank import LoRALinear, lora_layers, merge_lora
 from methods.lora import LoRA
-from methods.lowrank import LoRALinear, LowRank, inject, lora_layers, merge_lora
 from tests.helpers import (
     DECODERS,
-    OUTPUTS,
     PASCAL_SWIN_T,
     SWIN_T_BLOCKS,
     TASKS,
     assert_gradients,
     assert_overfits,
+    assert_same_features,
+    fake_batch,
+    model_with,
+    params_of,
+    randomise,
+    tiny_backbone,
 )
-from tests.test_model import tiny_backbone
-
-
-def params_of(*overrides: str) -> list[dict]:
-    """`benchmark.params` rows (meta device) for the cartesian product of `overrides`."""
-    return [count(cfg) for cfg in compose_all(expand(list(overrides)))]
-
-
-def fake_batch(n: int = 2, size: int = 32, seed: int = 0, cells: int = 4) -> dict:
-    """Labels in the formats of benchmark/tasks.py, constant over `cells` x `cells` blocks
-    that the image marks too, so that a few steps can fit them."""
-    g = torch.Generator().manual_seed(seed)
-
-    def blocks(t: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(t, size=(size, size), mode="nearest")
-
-    def ids(classes: int) -> torch.Tensor:
-        coarse = torch.randint(0, classes, (n, 1, cells, cells), generator=g)
-        return blocks(coarse.float())[:, 0].long()
-
-    image = blocks(torch.randn(n, 3, cells, cells, generator=g))
-    return {
-        "image": image + 0.1 * torch.randn(n, 3, size, size, generator=g),
-        "semseg": ids(OUTPUTS["semseg"]),
-        "human_parts": ids(OUTPUTS["human_parts"]),
-        "sal": ids(2),
-        "normals": F.normalize(blocks(torch.randn(n, 3, cells, cells, generator=g)), dim=1),
-    }
-
-
-def randomise(module: nn.Module, which: type = LowRank, seed: int = 0) -> None:
-    """Give every low-rank update of type `which` a random, non-zero B."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, which):
-                m.b.copy_(torch.randn(m.b.shape, generator=g) * 0.05)
-
-
-def model_with(encoder: Encoder, backbone: SwinBackbone, tasks=TASKS) -> MultiTaskModel:
-    return MultiTaskModel(encoder, build_decoders(backbone, {t: OUTPUTS[t] for t in tasks}))
-
-
-def assert_same_features(a: dict, b: dict, atol: float = 1e-5) -> None:
-    assert a.keys() == b.keys()
-    for task in a:
-        for x, y in zip(a[task], b[task], strict=True):
-            torch.testing.assert_close(x, y, atol=atol, rtol=1e-4)
-
 
 # --- building blocks ------------------------------------------------------------------
 

@@ -5,15 +5,8 @@ import torch
 from torch import nn
 
 from benchmark.backbone import SwinBackbone, TaskStreams, build_backbone, build_swin
-from benchmark.model import (
-    Decoder,
-    Encoder,
-    MultiTaskModel,
-    PerTaskEncoder,
-    TaskContext,
-    build_decoders,
-    count_parameters,
-)
+from benchmark.method import Encoder, PerTaskEncoder, TaskContext, TaskStreamEncoder
+from benchmark.model import Decoder, MultiTaskModel, build_decoders, count_parameters
 from methods.decoders_only import DecodersOnly
 from methods.full_ft import FullFineTuning
 from tests.helpers import DECODERS, arch, tiny_backbone
@@ -160,7 +153,7 @@ def test_task_streams_leave_every_stage_but_only_the_shared_stream_continues():
         plain = backbone(x, tasks)
         stage0 = backbone.stages[0]
         stage0.blocks[-1] = _StreamBlock(stage0.blocks[-1], tasks)
-        streams = Encoder(backbone, tasks, mode="task_streams")(x)
+        streams = TaskStreamEncoder(backbone, tasks)(x)
         h = backbone.patch_embed(x)
         y = stage0.blocks[:-1](h)
         y = stage0.blocks[-1].block(y)

@@ -6,22 +6,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.lowrank import LoRALinear, MultiTaskLoRALinear, lora_layers, merge_lora
-from methods.mtlora import MTLoRA, MTLoRAPlus, TaskStreamBlock
-from tests.helpers import PASCAL_SWIN_T, TASKS, assert_gradients, assert_overfits, expected_mtlora
-from tests.test_lora import assert_same_features, fake_batch, model_with, params_of, randomise
-from tests.test_model import tiny_backbone
+from methods.blocks.lowrank import LoRALinear, MultiTaskLoRALinear, lora_layers, merge_lora
+from methods.blocks.task_streams import TaskStreamBlock
+from methods.mtlora import MTLoRA, MTLoRAPlus
+from tests.helpers import (
+    MTLORA_UNUSED,
+    ONE_TOKEN_TABLES,
+    PASCAL_SWIN_T,
+    SWIN_T_BLOCKS,
+    SWIN_T_STAGES,
+    TASKS,
+    assert_gradients,
+    assert_overfits,
+    assert_same_features,
+    expected_mtlora,
+    fake_batch,
+    model_with,
+    params_of,
+    randomise,
+    tiny_backbone,
+)
 
 METHODS = [MTLoRA, MTLoRAPlus]
-# The shared stream of the last stage reaches no decoder, so the one TA-LoRA update that
-# acts on it alone (fc2 of the very last block) trains nothing, as in the official code.
-UNUSED = ("encoder.backbone.stages.3.blocks.1.block.mlp.fc2.shared.",)
-# At 32 px (fake_batch's size) the last stage is one token: attention over a single key
-# ignores the relative-position bias, whose tables there get a zero gradient and stay put.
-ONE_TOKEN_TABLES = (
-    "encoder.backbone.stages.3.blocks.0.attn.relative_position_bias_table",
-    "encoder.backbone.stages.3.blocks.1.block.attn.relative_position_bias_table",
-)
 
 
 def ts_updates(module):
@@ -77,7 +83,8 @@ def test_trainable_counts_on_swin_tiny_pascal_are_exactly_the_official_ones():
 def test_options_and_labels():
     method = MTLoRA(rank=32, task_rank=8)
     assert method.label == "mtlora r=32 task_r=8" and method.paper_trainable_m is None
-    assert method.options() == {"rank": 32, "task_rank": 8, "scale": 4.0, "dropout": 0.05}
+    assert method.options() == {"rank": 32, "task_rank": 8, "scale": 4.0, "dropout": 0.05,
+                                "dora": False}
     assert MTLoRAPlus(rank=64).label == "mtlora+ r=64"
 
 
@@ -193,7 +200,7 @@ def test_trainable_set_and_gradients(method):
             assert not p.requires_grad, name  # qkv, proj, fc1, fc2 (and MTLoRA+ reductions)
         else:  # LoRA, norms, patch embedding, relative-position tables
             assert p.requires_grad, name
-    assert_gradients(model, fake_batch(size=64), unused=UNUSED)
+    assert_gradients(model, fake_batch(size=64), unused=MTLORA_UNUSED)
 
 
 def test_ta_lora_merges_into_the_frozen_weights():
@@ -217,8 +224,40 @@ def test_ta_lora_merges_into_the_frozen_weights():
 def test_overfits_a_tiny_batch(method):
     backbone = tiny_backbone()
     model = model_with(method(rank=4, task_rank=2).build_encoder(backbone, TASKS), backbone)
-    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=UNUSED + ONE_TOKEN_TABLES)
+    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=MTLORA_UNUSED + ONE_TOKEN_TABLES)
     for name, p in model.named_parameters():
-        if name.endswith(".b") and not name.startswith(UNUSED):
+        if name.endswith(".b") and not name.startswith(MTLORA_UNUSED):
             assert p.abs().sum() > 0, name  # every used B has left zero
     assert any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+# --- with DoRA (`method.dora=true`; the DoRA layers: tests/test_dora.py) ---------------
+
+
+def dora_magnitudes(plus: bool) -> int:
+    # one per output of qkv (3C), proj (C), fc1 (4C), fc2 (C) in every block; MTLoRA+ also
+    # adapts the merging reductions (4C -> 2C) of the first three stages
+    reductions = sum(2 * d for d in SWIN_T_STAGES[:3]) if plus else 0
+    return sum(9 * d for d in SWIN_T_BLOCKS) + reductions
+
+
+def test_mtlora_counts_without_dora_stay_exact_and_dora_adds_the_magnitudes():
+    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,32,64", "method.dora=false",
+                     *PASCAL_SWIN_T)
+    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
+    assert got == {
+        **{("mtlora", f"mtlora r={r}"): expected_mtlora(r, plus=False) for r in (16, 32, 64)},
+        **{("mtlora_plus", f"mtlora+ r={r}"): expected_mtlora(r, plus=True)
+           for r in (16, 32, 64)},
+    }
+    assert dora_magnitudes(plus=False) == 39_744 and dora_magnitudes(plus=True) == 41_088
+    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,64", "method.dora=true",
+                     *PASCAL_SWIN_T)
+    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
+    assert got == {
+        (method, f"{label} dora r={r}"): expected_mtlora(r, plus) + dora_magnitudes(plus)
+        for method, label, plus in (("mtlora", "mtlora", False), ("mtlora_plus", "mtlora+", True))
+        for r in (16, 64)
+    }
+    assert all(r["paper_trainable_m"] is None and r["encoder_mode"] == "task_streams"
+               for r in rows)

@@ -1,4 +1,4 @@
-"""TADFormer (methods/tadformer.py, methods/tadformer_blocks.py): the official code's counts,
+"""TADFormer (methods/tadformer.py, methods/blocks/tadformer.py): the official code's counts,
 where the prompts are seen and what crosses merging, the TPC operator, the task filters and
 the gate by hand, what trains, identity of the task streams at initialisation, gradients,
 overfitting."""
@@ -11,18 +11,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.backbone import TaskStreams, build_backbone
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
-from benchmark.run import compose_all, expand
 from benchmark.speed import count_flops as _flops
-from methods.lowrank import LoRALinear, LowRank
-from methods.tadformer import TADFormer, TADFormerEncoder, init_prompts_
-from methods.tadformer_blocks import (
+from methods.blocks.lowrank import LoRALinear, LowRank
+from methods.blocks.tadformer import (
     DynamicTaskFilter,
     PromptBlock,
+    TADFormerEncoder,
     TaskAdaptedLinear,
     TaskAdaptingBlock,
+    init_prompts_,
     static_filter,
 )
+from methods.tadformer import TADFormer
 from tests.helpers import (
     DECODERS,
     PASCAL_SWIN_T,
@@ -31,21 +33,23 @@ from tests.helpers import (
     SWIN_T_PATCH_CONV,
     SWIN_T_RELATIVE_POSITIONS,
     SWIN_T_STAGES,
+    TADFORMER_UNUSED,
     TASKS,
+    arch,
     assert_gradients,
     assert_overfits,
+    fake_batch,
+    model_with,
+    params_of,
+    randomise,
+    tiny_backbone,
 )
-from tests.test_lora import fake_batch, model_with, params_of, randomise
-from tests.test_model import arch, tiny_backbone
 
 # the official code's totals (Swin-T 448, four PASCAL tasks), dynamic and static filter
 OFFICIAL = {
     ("dynamic", 16): 3_557_502, ("dynamic", 32): 4_776_126, ("dynamic", 64): 7_379_262,
     ("static", 16): 3_532_350, ("static", 32): 4_670_526, ("static", 64): 6_946_878,
 }
-# The TPC LayerNorms of the blocks that are not last in their stage: created and counted
-# as in the official code, never used (tiny model: two blocks per stage).
-UNUSED_TPC = tuple(f"encoder.backbone.stages.{s}.blocks.0.tpc_norm." for s in range(4))
 
 
 def expected_tadformer(rank: int, filter: str = "dynamic") -> int:
@@ -383,7 +387,7 @@ def test_frozen_parameters_get_no_gradient_and_every_used_trainable_one_does(fil
     encoder, backbone = encoder_of(filter=filter)
     model = model_with(encoder, backbone)
     randomise(model)  # B != 0, so that A, the filters and the TPC norms see a signal
-    assert_gradients(model, fake_batch(size=64), unused=UNUSED_TPC)
+    assert_gradients(model, fake_batch(size=64), unused=TADFORMER_UNUSED)
     gates = [n for n, p in model.named_parameters() if n.endswith(".gate")]
     assert len(gates) == 4 and all(model.get_parameter(n).grad.abs() > 0 for n in gates)
 
@@ -391,7 +395,7 @@ def test_frozen_parameters_get_no_gradient_and_every_used_trainable_one_does(fil
 def test_overfits_a_tiny_batch_and_counts_flops_without_gradients():
     encoder, backbone = encoder_of(size=32)
     model = model_with(encoder, backbone)
-    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=UNUSED_TPC)
+    assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=TADFORMER_UNUSED)
     for name, p in model.named_parameters():  # the zero-initialised parts have moved
         if name.endswith((".lora.b", ".gate")):
             assert p.abs().sum() > 0, name

@@ -8,11 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
 from benchmark.model import MultiTaskModel, build_decoders
-from benchmark.run import compose_all, expand
-from methods.prompts import PromptedWindowAttention, merge_prompts, prompted_block
-from methods.vpt import ShallowPromptEncoder, VPTDeep, VPTShallow
+from methods.blocks.prompts import (
+    PromptedWindowAttention,
+    ShallowPromptEncoder,
+    merge_prompts,
+    prompted_block,
+)
+from methods.vpt import VPTDeep, VPTShallow
 from tests.helpers import (
     DECODERS,
     OUTPUTS,
@@ -21,10 +26,10 @@ from tests.helpers import (
     TASKS,
     assert_gradients,
     assert_overfits,
+    blocky_batch,
+    params_of,
+    tiny_backbone,
 )
-from tests.test_adapters import _batch
-from tests.test_lora import params_of
-from tests.test_model import tiny_backbone
 
 TINY_WIDTHS = [32, 64, 128, 256]  # swin_micro's stages
 
@@ -211,13 +216,13 @@ def test_only_the_prompts_train_and_all_of_them_get_gradients(cls):
         assert trainable == {"prompts"}
     else:
         assert len(trainable) == 8 and all(n.endswith(".attn.prompts") for n in trainable)
-    assert_gradients(model, _batch())
+    assert_gradients(model, blocky_batch())
 
 
 @pytest.mark.parametrize("cls", [VPTShallow, VPTDeep])
 def test_overfits_a_tiny_batch(cls):
     torch.manual_seed(0)
-    assert_overfits(_model(cls, num_prompts=4), _batch(), steps=8, lr=1e-2)
+    assert_overfits(_model(cls, num_prompts=4), blocky_batch(), steps=8, lr=1e-2)
 
 
 def test_invalid_options_are_refused():

@@ -1,50 +1,40 @@
-"""The adapter family: Houlsby adapters, BitFit, Polyhistor and Polyhistor-Lite."""
+"""Polyhistor and Polyhistor-Lite, with the Houlsby adapters whose placement they share
+(VL-Adapter: tests/test_vl_adapter.py; BitFit: tests/test_bitfit.py)."""
 
 import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.losses import MultiTaskLoss
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import count
 from benchmark.params import main as params_main
-from benchmark.run import compose_all, expand
 from methods.adapter import HoulsbyAdapter
-from methods.adapters import AdaptedBranch, Adapter, HyperEncoder, ScaledLinear, TaskWeight
-from methods.bitfit import BitFit
-from methods.polyhistor import FactorHeads, Polyhistor, PolyhistorLite
+from methods.blocks.bottleneck import AdaptedBranch, Adapter
+from methods.blocks.factor_heads import FactorHeads
+from methods.blocks.hypernet import HyperEncoder, ScaledLinear, TaskWeight
+from methods.polyhistor import Polyhistor, PolyhistorLite
 from tests.helpers import (
     DECODERS,
     OUTPUTS,
     SWIN_T_BLOCKS,
-    SWIN_T_NORMS,
     SWIN_T_STAGES,
     TASKS,
     assert_gradients,
     assert_overfits,
+    blocky_batch,
+    expected_adapter,
+    tiny_backbone,
 )
-from tests.test_model import tiny_backbone
 
 METHODS = {
     "adapter": HoulsbyAdapter,
-    "bitfit": BitFit,
     "polyhistor": Polyhistor,
     "polyhistor_lite": PolyhistorLite,
 }
-
-def expected_adapter(reduction: int = 1) -> int:
-    # two adapters per block, each down d x m + m and up m x d + d
-    adapters = sum(2 * (2 * d * (d // reduction) + d // reduction + d) for d in SWIN_T_BLOCKS)
-    return adapters + SWIN_T_NORMS + DECODERS
-
-
-def expected_bitfit() -> int:
-    # qkv 3d, proj d, fc1 4d, fc2 d, norm1 d, norm2 d; patch conv and norm; merging norms
-    blocks = sum(11 * d for d in SWIN_T_BLOCKS)
-    return blocks + 96 + 96 + sum(4 * d for d in SWIN_T_STAGES[:3]) + DECODERS
 
 
 def _conditioning(embed_dim: int, hidden: int) -> int:
@@ -70,7 +60,6 @@ def expected_polyhistor_lite(reduction=2, rank=16, embed_dim=128, hidden=889) ->
 
 EXPECTED = {  # trainable, its formula, the paper's count, the encoder mode
     "adapter": (10_613_696, expected_adapter, 11.24, "shared"),
-    "bitfit": (1_998_080, expected_bitfit, 2.85, "shared"),
     "polyhistor": (8_960_577, expected_polyhistor, 8.96, "per_task"),
     "polyhistor_lite": (6_408_897, expected_polyhistor_lite, 6.41, "per_task"),
 }
@@ -87,7 +76,7 @@ def test_params_lists_the_family_with_the_counts_of_the_formulas(capsys):
         assert row["trainable"] == expected and row["decoders"] == DECODERS, method
         assert row["paper_trainable_m"] == paper and row["encoder_mode"] == mode, method
     labels = {row["label"] for row in rows.values()}
-    assert labels == {"adapter reduction=1", "bitfit", "polyhistor rank=16",
+    assert labels == {"adapter reduction=1", "polyhistor rank=16",
                       "polyhistor_lite rank=16"}
 
 
@@ -130,28 +119,6 @@ def test_zero_adapters_give_the_frozen_backbone_features(name):
             torch.testing.assert_close(a, b)
 
 
-def _batch(n: int = 2, size: int = 32, cells: int = 4) -> dict:
-    """Labels in the formats of benchmark/tasks.py, read off a blocky image (constant over
-    cells x cells squares), so that a few optimiser steps can fit them."""
-    g = torch.Generator().manual_seed(0)
-    coarse = torch.randn(n, 3, cells, cells, generator=g)
-    image = F.interpolate(coarse, size=(size, size), mode="nearest")
-
-    def classes(channel: int, count: int) -> torch.Tensor:
-        edges = torch.linspace(-1.5, 1.5, count - 1)
-        return torch.bucketize(image[:, channel].contiguous(), edges)
-
-    parts = classes(1, 7)
-    parts[0, : size // 4] = 255  # some ignored pixels
-    return {
-        "image": image + 0.05 * torch.randn(n, 3, size, size, generator=g),
-        "semseg": classes(0, OUTPUTS["semseg"]),
-        "human_parts": parts,
-        "sal": (image[:, 2] > 0).long(),
-        "normals": F.normalize(image, dim=1),
-    }
-
-
 def _model(name: str) -> MultiTaskModel:
     backbone = tiny_backbone()
     encoder = METHODS[name]().build_encoder(backbone, TASKS)
@@ -165,13 +132,9 @@ def _trainable_encoder_names(model) -> set[str]:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
     model = _model(name)
-    assert_gradients(model, _batch())
+    assert_gradients(model, blocky_batch())
     trainable = _trainable_encoder_names(model)
-    if name == "bitfit":
-        biases = {n for n, _ in model.encoder.named_parameters() if n.endswith(".bias")}
-        assert trainable == biases
-        assert not any("relative_position" in n or "reduction" in n for n in trainable)
-    elif name == "adapter":
+    if name == "adapter":
         norms = {
             f"{m_name}.{p_name}"
             for m_name, m in model.encoder.named_modules() if isinstance(m, nn.LayerNorm)
@@ -189,7 +152,7 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_overfits_a_tiny_batch(name):
     torch.manual_seed(0)
-    assert_overfits(_model(name), _batch(), steps=8, lr=1e-3)
+    assert_overfits(_model(name), blocky_batch(), steps=8, lr=1e-3)
 
 
 @pytest.mark.parametrize("method", [Polyhistor, PolyhistorLite])
@@ -237,7 +200,7 @@ def test_one_adam_step_moves_generated_weights_at_the_pace_of_direct_ones(name):
                     for t in (w.left, w.right, w.bias)]
 
     before = factors()
-    batch = _batch()
+    batch = blocky_batch()
     loss, _ = MultiTaskLoss(TASKS)(model(batch["image"]), batch)
     loss.backward()
     torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr).step()

@@ -11,22 +11,23 @@
 - `DoRALinear`, `MultiTaskDoRALinear`: the weight-decomposed variants of the two layers
   above (DoRA, Liu et al., ICML 2024): a trainable magnitude per output feature times the
   low-rank-updated weight normalised per output feature.
-- `inject`: replaces named `nn.Linear` modules anywhere inside a module by wrappers built
-  by a factory; methods use it to place their layers without knowing the host's layout.
 
-The wrapped linear is kept whole as `.base` and frozen; only the low-rank factors are new
-parameters. They are created on the base weight's device and dtype, so injecting into a
-backbone built on the meta device costs no memory.
+The wrapped linear is kept whole as `.base` and frozen (`methods.blocks.inject` places the
+layers); only the low-rank factors are new parameters. They are created on the base
+weight's device and dtype, so injecting into a backbone built on the meta device costs no
+memory.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from methods.blocks.inject import FrozenLinearWrapper, dropout_module, frozen_linear
 
 
 class LowRank(nn.Module):
@@ -67,33 +68,6 @@ class LowRank(nn.Module):
         return f"{in_features} -> {self.rank} -> {out_features}, scale={self.scale:g}"
 
 
-def _frozen(base: nn.Linear) -> nn.Linear:
-    if not isinstance(base, nn.Linear):
-        raise TypeError(f"a low-rank wrapper needs an nn.Linear, got {type(base).__name__}")
-    for p in base.parameters():
-        p.requires_grad_(False)
-    return base
-
-
-def _dropout(p: float) -> nn.Module:
-    return nn.Dropout(p) if p > 0 else nn.Identity()
-
-
-class FrozenLinearWrapper(nn.Module):
-    """A layer built around a frozen `nn.Linear` kept as `self.base`: it has the base's
-    feature counts, so code that reads `in_features`/`out_features` sees no difference."""
-
-    base: nn.Linear
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-
 class LoRALinear(FrozenLinearWrapper):
     """`y = W x + b + scale * B A dropout(x)` with W and b frozen (Hu et al., Sec. 4.1).
 
@@ -104,12 +78,12 @@ class LoRALinear(FrozenLinearWrapper):
 
     def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0, dropout: float = 0.0):
         super().__init__()
-        self.base = _frozen(base)
+        self.base = frozen_linear(base)
         w = base.weight
         self.lora = LowRank(
             base.in_features, base.out_features, rank, scale, device=w.device, dtype=w.dtype
         )
-        self.dropout = _dropout(dropout)
+        self.dropout = dropout_module(dropout)
         self.merged = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -161,7 +135,7 @@ class MultiTaskLoRALinear(FrozenLinearWrapper):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.base = _frozen(base)
+        self.base = frozen_linear(base)
         w = base.weight
         dims = (base.in_features, base.out_features)
         self.shared = LowRank(*dims, rank, scale, device=w.device, dtype=w.dtype)
@@ -170,7 +144,7 @@ class MultiTaskLoRALinear(FrozenLinearWrapper):
             {t: LowRank(*dims, task_rank, task_scale, device=w.device, dtype=w.dtype)
              for t in tasks}
         )
-        self.dropout = _dropout(dropout)
+        self.dropout = dropout_module(dropout)
 
     @property
     def tasks(self) -> list[str]:
@@ -187,40 +161,6 @@ class MultiTaskLoRALinear(FrozenLinearWrapper):
             for t, lora in self.task_lora.items()
         }
         return shared, tasks
-
-
-def inject(
-    module: nn.Module,
-    targets: Iterable[str],
-    factory: Callable[[nn.Linear], nn.Module],
-) -> list[str]:
-    """Replace the `nn.Linear`s of `module` named by `targets` with `factory(linear)`.
-
-    A target matches a linear whose dotted path inside `module` equals it or ends with
-    `.target` (`qkv` matches every `....attn.qkv`, `attn.proj` the attention projections
-    only). Linears already wrapped by a low-rank layer are left alone. Returns the replaced
-    paths; a target that matches nothing is an error (a misspelt name must not silently
-    train nothing).
-    """
-    targets = list(targets)
-    wrappers = (LoRALinear, MultiTaskLoRALinear)
-    found: list[str] = []
-    for path, child in module.named_modules():
-        if type(child) is not nn.Linear or not path:
-            continue
-        parent_path, _, _ = path.rpartition(".")
-        if isinstance(module.get_submodule(parent_path), wrappers):
-            continue
-        if any(path == t or path.endswith("." + t) for t in targets):
-            found.append(path)
-    unmatched = [t for t in targets if not any(p == t or p.endswith("." + t) for p in found)]
-    if unmatched:
-        raise ValueError(f"no nn.Linear named {unmatched} to adapt")
-    for path in found:
-        parent_path, _, leaf = path.rpartition(".")
-        parent = module.get_submodule(parent_path)
-        setattr(parent, leaf, factory(getattr(parent, leaf)))
-    return found
 
 
 def lora_layers(module: nn.Module) -> list[LoRALinear]:

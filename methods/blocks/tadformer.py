@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition
 from torch import Tensor, nn
 
-from benchmark.backbone import TaskStreams
-from methods.lowrank import LoRALinear
+from benchmark.backbone import SwinBackbone, TaskStreams
+from benchmark.method import TaskStreamEncoder
+from methods.blocks.lowrank import LoRALinear
 
 TAPS = 9  # a 3 x 3 kernel
 
@@ -246,3 +247,42 @@ class TaskAdaptingBlock(PromptBlock):
         streams = {t: g * skips[t] + (1 - g) * (z + blk.drop_path2(mlp.drop2(o_t[t])))
                    for t, z in streams.items()}
         return TaskStreams(shared, streams), self.next_prompts(p, y[:, :count])
+
+
+def init_prompts_(prompts: Tensor) -> Tensor:
+    """N(1, 1) truncated to the absolute bounds [-2, 2] (timm's `trunc_normal_(mean=1)`)."""
+    return nn.init.trunc_normal_(prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
+
+
+class TADFormerEncoder(TaskStreamEncoder):
+    """The backbone run with the prompts: every block takes and returns (tokens, prompts);
+    each stage's last block returns the task streams, which leave through the merging."""
+
+    def __init__(self, backbone: SwinBackbone, tasks: Sequence[str]):
+        super().__init__(backbone, tasks)
+        w = backbone.patch_embed.proj.weight
+        dd = {"device": w.device, "dtype": w.dtype}
+        self.prompts = nn.Parameter(init_prompts_(torch.empty(len(tasks), backbone.embed_dim,
+                                                              **dd)))
+        self.prompt_up = nn.ModuleList()
+        for stage in backbone.stages[:-1]:
+            up = nn.Linear(stage.merge.dim, stage.merge.out_dim, bias=False, **dd)
+            nn.init.trunc_normal_(up.weight, std=0.02)
+            self.prompt_up.append(up)
+
+    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
+        x = self.backbone.patch_embed(images)
+        # a copy, not a view: a view of a parameter made under no_grad trips the module
+        # tracker of PyTorch's FLOP counter
+        p = self.prompts.repeat(x.shape[0], 1, 1)
+        features: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        for i, stage in enumerate(self.backbone.stages):
+            for block in stage.blocks[:-1]:
+                x, p = block(x, p)
+            streams, p = stage.blocks[-1](x, p)
+            for task in self.tasks:
+                features[task].append(stage.merge(streams.tasks[task]).permute(0, 3, 1, 2))
+            x = stage.merge(streams.shared)
+            if i < len(self.prompt_up):
+                p = self.prompt_up[i](p)
+        return features

@@ -16,7 +16,8 @@ Two forms, one per VPT variant (`methods.vpt` says how each follows the official
     changes every window's output).
 - `prompted_block` and `merge_prompts` (VPT-shallow): the prompts are tokens of the stream
   like the patches. A block takes (patch map, prompts of each image) and returns both
-  updated; `merge_prompts` carries the prompts through a patch merging.
+  updated; `merge_prompts` carries the prompts through a patch merging;
+  `ShallowPromptEncoder` runs the backbone so.
 
 The frozen modules are reused as they are (`norm1`, `qkv`, `proj`, the relative-position
 table, the block's mask, the dropouts, `norm2`, the MLP, the merging's norm and reduction).
@@ -25,11 +26,15 @@ table, the block's mask, the dropouts, `norm2`, the MLP, the merging's norm and 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import window_partition, window_reverse
 from torch import Tensor, nn
+
+from benchmark.backbone import SwinBackbone
+from benchmark.method import Encoder
 
 
 def init_prompts(prompts: Tensor, fan_in: int, fan_out: int) -> Tensor:
@@ -185,3 +190,31 @@ def merge_prompts(merge: nn.Module, z: Tensor) -> Tensor:
     if not hasattr(merge, "reduction"):
         return z
     return merge.reduction(merge.norm(torch.cat([z, z, z, z], dim=-1)))
+
+
+class ShallowPromptEncoder(Encoder):
+    """The frozen backbone run with `prompts` (P, C_0) as tokens of the stream (`shared`)."""
+
+    def __init__(self, backbone: SwinBackbone, tasks: Sequence[str], prompts: nn.Parameter):
+        super().__init__(backbone, tasks)
+        self.prompts = prompts
+
+    def forward_with_prompts(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The stage maps (NCHW, after each merging) and the prompts (B, P, C) each stage's
+        first block receives."""
+        backbone = self.backbone
+        x = backbone.patch_embed(images)
+        z = self.prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        maps, stage_prompts = [], []
+        for stage in backbone.stages:
+            stage_prompts.append(z)
+            for block in stage.blocks:
+                x, z = prompted_block(block, x, z)
+            x = stage.merge(x)
+            z = merge_prompts(stage.merge, z)
+            maps.append(x.permute(0, 3, 1, 2))
+        return maps, stage_prompts
+
+    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
+        maps, _ = self.forward_with_prompts(images)
+        return {task: maps for task in self.tasks}

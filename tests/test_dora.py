@@ -1,6 +1,6 @@
-"""DoRA (and MTLoRA with DoRA): counts, identity at zero init, trainability, the DoRA
-layers' algebra, overfitting, the CLI (TADFormer: tests/test_tadformer.py; HyperFormer:
-tests/test_hyperformer.py)."""
+"""DoRA (methods/dora.py) and DoRA's layers inside MTLoRA (`method.dora=true`): counts,
+identity at zero init, trainability, the DoRA layers' algebra, overfitting, the CLI (the
+counts of MTLoRA with DoRA: tests/test_mtlora.py)."""
 
 import copy
 
@@ -8,11 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.config import compose_all, expand
 from benchmark.errors import UserError
 from benchmark.records import iter_records
-from benchmark.run import compose_all, expand
-from methods.dora import DoRA
-from methods.lowrank import (
+from methods.blocks.lowrank import (
     DoRALinear,
     LowRank,
     MultiTaskDoRALinear,
@@ -21,34 +20,32 @@ from methods.lowrank import (
     merge_lora,
     row_norm,
 )
+from methods.dora import DoRA
 from methods.mtlora import MTLoRA, MTLoRAPlus
-from tests.conftest import SMALL_DATA, run_cli
 from tests.helpers import (
     DECODERS,
+    MTLORA_UNUSED,
+    ONE_TOKEN_TABLES,
     PASCAL_SWIN_T,
+    SMALL_DATA,
     SWIN_T_BLOCKS,
-    SWIN_T_STAGES,
     TASKS,
     assert_gradients,
     assert_overfits,
-    expected_mtlora,
+    assert_same_features,
+    fake_batch,
+    model_with,
+    params_of,
+    randomise,
+    run_cli,
+    tiny_backbone,
 )
-from tests.test_lora import assert_same_features, fake_batch, model_with, params_of, randomise
-from tests.test_model import tiny_backbone
-from tests.test_mtlora import ONE_TOKEN_TABLES, UNUSED
 
 
 def expected_dora(rank=35) -> int:
     # LoRA on qkv (C -> 3C) and proj (C -> C): r (C + 3C) + r (C + C); a magnitude per
     # output: 3C + C
     return sum(rank * 6 * d + 4 * d for d in SWIN_T_BLOCKS) + DECODERS
-
-
-def dora_magnitudes(plus: bool) -> int:
-    # one per output of qkv (3C), proj (C), fc1 (4C), fc2 (C) in every block; MTLoRA+ also
-    # adapts the merging reductions (4C -> 2C) of the first three stages
-    reductions = sum(2 * d for d in SWIN_T_STAGES[:3]) if plus else 0
-    return sum(9 * d for d in SWIN_T_BLOCKS) + reductions
 
 
 def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
@@ -67,28 +64,6 @@ def test_trainable_counts_on_swin_tiny_pascal_follow_the_formulas():
 def test_options_change_the_counts_as_the_formulas_say():
     rows = params_of("method=dora", "method.rank=8", *PASCAL_SWIN_T)
     assert rows[0]["trainable"] == expected_dora(8)
-
-
-def test_mtlora_counts_without_dora_stay_exact_and_dora_adds_the_magnitudes():
-    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,32,64", "method.dora=false",
-                     *PASCAL_SWIN_T)
-    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
-    assert got == {
-        **{("mtlora", f"mtlora r={r}"): expected_mtlora(r, plus=False) for r in (16, 32, 64)},
-        **{("mtlora_plus", f"mtlora+ r={r}"): expected_mtlora(r, plus=True)
-           for r in (16, 32, 64)},
-    }
-    assert dora_magnitudes(plus=False) == 39_744 and dora_magnitudes(plus=True) == 41_088
-    rows = params_of("method=mtlora,mtlora_plus", "method.rank=16,64", "method.dora=true",
-                     *PASCAL_SWIN_T)
-    got = {(r["method"], r["label"]): r["trainable"] for r in rows}
-    assert got == {
-        (method, f"{label} dora r={r}"): expected_mtlora(r, plus) + dora_magnitudes(plus)
-        for method, label, plus in (("mtlora", "mtlora", False), ("mtlora_plus", "mtlora+", True))
-        for r in (16, 64)
-    }
-    assert all(r["paper_trainable_m"] is None and r["encoder_mode"] == "task_streams"
-               for r in rows)
 
 
 def test_options_and_invalid_values():
@@ -126,11 +101,11 @@ def test_zero_initialised_updates_give_the_frozen_backbone_features(name):
 
 
 def _unused(name: str, size: int = 64) -> tuple[str, ...]:
-    """MTLoRA's exception (UNUSED) in the methods built on its task streams, and at 32 px
+    """MTLoRA's exception (MTLORA_UNUSED) in the methods built on its task streams, and at 32 px
     the last stage's relative-position tables, which those methods train (ONE_TOKEN_TABLES)."""
     if name == "dora":
         return ()
-    return UNUSED + (ONE_TOKEN_TABLES if size == 32 else ())
+    return MTLORA_UNUSED + (ONE_TOKEN_TABLES if size == 32 else ())
 
 
 def _trainable(model) -> set[str]:
@@ -172,7 +147,7 @@ def test_overfits_a_tiny_batch(name):
     model = model_with(BUILD[name]().build_encoder(backbone, TASKS), backbone)
     assert_overfits(model, fake_batch(), steps=10, lr=3e-3, unused=_unused(name, size=32))
     for pname, p in model.named_parameters():  # the zero-initialised parts have moved
-        if pname.endswith((".b", ".kernels.weight")) and not pname.startswith(UNUSED):
+        if pname.endswith((".b", ".kernels.weight")) and not pname.startswith(MTLORA_UNUSED):
             assert p.abs().sum() > 0, pname
 
 

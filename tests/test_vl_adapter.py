@@ -1,4 +1,5 @@
-"""VL-Adapter (VPT: tests/test_vpt.py; Compacter: tests/test_compacter.py)."""
+"""VL-Adapter (methods/vl_adapter.py): its count, identity with silenced adapters, what
+trains, overfitting, invalid options."""
 
 import json
 
@@ -8,7 +9,7 @@ from torch import nn
 
 from benchmark.model import MultiTaskModel, build_decoders
 from benchmark.params import main as params_main
-from methods.adapters import Adapter
+from methods.blocks.bottleneck import Adapter
 from methods.vl_adapter import VLAdapter
 from tests.helpers import (
     DECODERS,
@@ -16,9 +17,10 @@ from tests.helpers import (
     TASKS,
     assert_gradients,
     assert_overfits,
+    blocky_batch,
+    expected_adapter,
+    tiny_backbone,
 )
-from tests.test_adapters import _batch, expected_adapter
-from tests.test_model import tiny_backbone
 
 METHODS = {
     "vl_adapter": VLAdapter,
@@ -77,7 +79,7 @@ def _model(name: str, **options) -> MultiTaskModel:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
     model = _model(name)
-    assert_gradients(model, _batch())
+    assert_gradients(model, blocky_batch())
     trainable = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
     norms = {
         f"{m_name}.{p_name}"
@@ -92,7 +94,7 @@ def test_frozen_parameters_get_no_gradient_and_trainable_ones_do(name):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_overfits_a_tiny_batch(name):
     torch.manual_seed(0)
-    assert_overfits(_model(name), _batch(), steps=8, lr=1e-3)
+    assert_overfits(_model(name), blocky_batch(), steps=8, lr=1e-3)
 
 
 def test_invalid_options_are_refused():
