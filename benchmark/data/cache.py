@@ -9,6 +9,8 @@ import pathlib
 
 from omegaconf import DictConfig
 
+from benchmark.config.parts import DataSpec
+
 
 def cache_dir() -> pathlib.Path:
     """$MTPEFT_CACHE if set, else $XDG_CACHE_HOME/mtpeft, else ~/.cache/mtpeft."""
@@ -20,7 +22,8 @@ def cache_dir() -> pathlib.Path:
     return base / "mtpeft"
 
 
-def cache_root(cfg: DictConfig) -> pathlib.Path:
+def cache_root(spec: DataSpec | DictConfig) -> pathlib.Path:
     """The cache folder of a `dataset` config: `dataset.cache_dir` when set, else
     `cache_dir()`."""
-    return pathlib.Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else cache_dir()
+    spec = DataSpec.of(spec)
+    return pathlib.Path(spec.cache_dir).expanduser() if spec.cache_dir else cache_dir()
