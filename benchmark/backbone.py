@@ -20,14 +20,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
 from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from benchmark.config.parts import BackboneSpec
 from benchmark.errors import UserError
+
+if TYPE_CHECKING:
+    from benchmark.config.parts import BackboneSpec
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -85,6 +88,13 @@ class SwinBackbone(nn.Module):
         return [block for stage in self.stages for block in stage.blocks]
 
 
+def backbone_spec(spec: BackboneSpec | DictConfig) -> BackboneSpec:
+    """`spec` as a `BackboneSpec` (a `backbone` config node parsed)."""
+    from benchmark.config.parts import BackboneSpec  # the config layer imports the methods
+
+    return BackboneSpec.of(spec)
+
+
 def _nchw(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
@@ -93,7 +103,7 @@ def build_swin(
     spec: BackboneSpec | DictConfig, image_size: int, drop_path: float, num_classes: int = 0
 ):
     """A timm `SwinTransformer` of the architecture named by a `backbone` config."""
-    spec = BackboneSpec.of(spec)
+    spec = backbone_spec(spec)
     return SwinTransformer(
         img_size=image_size,
         patch_size=spec.patch_size,
@@ -117,7 +127,7 @@ def build_backbone(
     refuse it before they start, see `require_weights`). `load_weights=False` skips loading
     (parameter counting on the meta device).
     """
-    spec = BackboneSpec.of(spec)
+    spec = backbone_spec(spec)
     swin = build_swin(spec, image_size, drop_path)
     path = resolve_weights(spec)
     if load_weights and path is not None:
@@ -144,7 +154,7 @@ def require_weights(spec: BackboneSpec | DictConfig, dataset: str) -> None:
     naming the checkpoint to obtain, unless `backbone.weights=none` asks for random init."""
     from benchmark.data.registry import trains_from_pretrained
 
-    spec = BackboneSpec.of(spec)
+    spec = backbone_spec(spec)
     if spec.weights is not None or not trains_from_pretrained(dataset):
         return
     timm_name, official = spec.timm_checkpoint, spec.official_checkpoint
@@ -161,7 +171,7 @@ def require_weights(spec: BackboneSpec | DictConfig, dataset: str) -> None:
 
 
 def resolve_weights(spec: BackboneSpec | DictConfig) -> Path | None:
-    spec = BackboneSpec.of(spec)
+    spec = backbone_spec(spec)
     weights = spec.weights
     if weights is None or str(weights).lower() == "none":
         return None

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from benchmark.config.parts import DataSpec
+if TYPE_CHECKING:
+    from benchmark.config.parts import DataSpec
 
 
 def cache_dir() -> pathlib.Path:
@@ -25,5 +27,7 @@ def cache_dir() -> pathlib.Path:
 def cache_root(spec: DataSpec | DictConfig) -> pathlib.Path:
     """The cache folder of a `dataset` config: `dataset.cache_dir` when set, else
     `cache_dir()`."""
-    spec = DataSpec.of(spec)
+    from benchmark.data.registry import data_spec
+
+    spec = data_spec(spec)
     return pathlib.Path(spec.cache_dir).expanduser() if spec.cache_dir else cache_dir()

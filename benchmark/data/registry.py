@@ -4,13 +4,16 @@ their on-disk `Layout` (`benchmark.data.layout`), without loading any data."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from benchmark.config.parts import DataSpec
 from benchmark.data.transforms import AUGMENT_MODES, NORMALS_Y
 from benchmark.errors import UserError
 from benchmark.tasks import FIXED_OUTPUTS, TASKS
+
+if TYPE_CHECKING:
+    from benchmark.config.parts import DataSpec
 
 SYNTHETIC = "synthetic"
 REAL_DATASETS = ("pascal_context", "nyud")
@@ -32,9 +35,16 @@ def trains_from_pretrained(name: str) -> bool:
     return name != SYNTHETIC
 
 
+def data_spec(spec: DataSpec | DictConfig) -> DataSpec:
+    """`spec` as a `DataSpec` (a `dataset` config node parsed)."""
+    from benchmark.config.parts import DataSpec  # the config layer imports the methods
+
+    return DataSpec.of(spec)
+
+
 def dataset_info(spec: DataSpec | DictConfig) -> DatasetInfo:
     """Tasks, output widths and image size of a `dataset` config, without loading data."""
-    spec = DataSpec.of(spec)
+    spec = data_spec(spec)
     tasks = list(spec.tasks)
     for task in tasks:
         if task not in TASKS:
@@ -97,7 +107,7 @@ def layout_class(name: str):
 
 def make_layout(spec: DataSpec | DictConfig):
     """The `Layout` of a real dataset config; names what to pass when the root is unset."""
-    spec = DataSpec.of(spec)
+    spec = data_spec(spec)
     cls = layout_class(spec.name)
     if not spec.root:
         raise UserError(
@@ -109,6 +119,6 @@ def make_layout(spec: DataSpec | DictConfig):
 
 def check_dataset(spec: DataSpec | DictConfig) -> None:
     """Cheap checks before any run starts: a real dataset's root and split lists exist."""
-    spec = DataSpec.of(spec)
+    spec = data_spec(spec)
     if spec.name in REAL_DATASETS:
         make_layout(spec).check()

@@ -5,24 +5,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from benchmark.config.parts import DataSpec
 from benchmark.data.cache import cache_root
 from benchmark.data.labels import batch_label
 from benchmark.data.registry import (
     REAL_DATASETS,
     SYNTHETIC,
     DatasetInfo,
+    data_spec,
     dataset_info,
     make_layout,
 )
 from benchmark.data.transforms import Geometry
 from benchmark.errors import UserError
+
+if TYPE_CHECKING:
+    from benchmark.config.parts import DataSpec
 
 
 @dataclass
@@ -77,7 +81,7 @@ class MultiTaskData:
 
 
 def load_dataset(spec: DataSpec | DictConfig, progress: bool = True) -> MultiTaskData:
-    spec = DataSpec.of(spec)
+    spec = data_spec(spec)
     info = dataset_info(spec)
     if spec.name in REAL_DATASETS:
         return _load_real(spec, info, progress)
@@ -100,7 +104,7 @@ def load_real_split(spec: DataSpec | DictConfig, split: str, progress: bool = Tr
     """One split of `pascal_context` or `nyud`, from the prepared cache (built on first use)."""
     from benchmark.data import prepared
 
-    spec = DataSpec.of(spec)
+    spec = data_spec(spec)
     info = dataset_info(spec)
     layout = make_layout(spec)
     layout.check()
