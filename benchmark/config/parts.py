@@ -14,7 +14,7 @@ records of it existed, left out of the key at their default).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -52,13 +52,31 @@ def key_part(group: str, values: dict) -> dict:
     }
 
 
+class _Part:
+    """A config group as a frozen dataclass: its fields read from the group's keys (a list
+    becomes a tuple; a key the group lacks keeps the field's default), the group itself kept
+    resolved in `group`."""
+
+    @classmethod
+    def of(cls, node):
+        """`node` (a config group) parsed; a part of this kind as it is."""
+        if isinstance(node, cls):
+            return node
+        values = _group(node)
+        given = {
+            f.name: tuple(values[f.name]) if isinstance(values[f.name], list) else values[f.name]
+            for f in fields(cls) if f.name != "group" and f.name in values
+        }
+        return cls(**given, group=values)
+
+
 @dataclass(frozen=True)
-class DataSpec:
+class DataSpec(_Part):
     """The `dataset` group: which data, at what size, from where."""
 
-    name: str
-    tasks: tuple[str, ...]
-    image_size: int
+    name: str | None = None
+    tasks: tuple[str, ...] = ()
+    image_size: int | None = None
     eval_resolution: str | None = None  # null: the input size (the synthetic data)
     num_classes: int | None = None
     train_size: int | None = None
@@ -70,75 +88,36 @@ class DataSpec:
     augment: str = "clean"
     group: dict = field(default_factory=dict, repr=False)
 
-    @classmethod
-    def of(cls, node) -> DataSpec:
-        """`node` (a `dataset` config) as a `DataSpec`; a `DataSpec` as it is."""
-        if isinstance(node, cls):
-            return node
-        values = _group(node)
-        tasks = values.get("tasks")
-        return cls(
-            name=values.get("name"),
-            tasks=tuple([tasks] if isinstance(tasks, str) else tasks or ()),
-            image_size=values.get("image_size"),
-            eval_resolution=values.get("eval_resolution"),
-            num_classes=values.get("num_classes"),
-            train_size=values.get("train_size"),
-            val_size=values.get("val_size"),
-            seed=values.get("seed"),
-            root=values.get("root"),
-            cache_dir=values.get("cache_dir"),
-            normals_y=values.get("normals_y", "down"),
-            augment=values.get("augment", "clean"),
-            group=values,
-        )
+    def __post_init__(self):
+        if isinstance(self.tasks, str):  # dataset.tasks=semseg: a list of one task
+            object.__setattr__(self, "tasks", (self.tasks,))
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
+class BackboneSpec(_Part):
     """The `backbone` group: the Swin architecture and the weights it starts from."""
 
-    name: str
-    embed_dim: int
-    depths: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    window_size: int
-    patch_size: int
+    name: str | None = None
+    embed_dim: int | None = None
+    depths: tuple[int, ...] = ()
+    num_heads: tuple[int, ...] = ()
+    window_size: int | None = None
+    patch_size: int | None = None
     weights: str | None = None  # a path, default (the shipped checkpoint), none, or null
     default_weights: str | None = None
     timm_checkpoint: str | None = None
     official_checkpoint: str | None = None
     group: dict = field(default_factory=dict, repr=False)
 
-    @classmethod
-    def of(cls, node) -> BackboneSpec:
-        """`node` (a `backbone` config) as a `BackboneSpec`; a `BackboneSpec` as it is."""
-        if isinstance(node, cls):
-            return node
-        values = _group(node)
-        return cls(
-            name=values.get("name"),
-            embed_dim=values.get("embed_dim"),
-            depths=tuple(values.get("depths") or ()),
-            num_heads=tuple(values.get("num_heads") or ()),
-            window_size=values.get("window_size"),
-            patch_size=values.get("patch_size"),
-            weights=values.get("weights"),
-            default_weights=values.get("default_weights"),
-            timm_checkpoint=values.get("timm_checkpoint"),
-            official_checkpoint=values.get("official_checkpoint"),
-            group=values,
-        )
-
 
 @dataclass(frozen=True)
-class BudgetSpec:
+class BudgetSpec(_Part):
     """The `budget` group: the training recipe. `group` holds it as given, for the precision
     rules (`benchmark.precision`), which also read the deprecated `amp`."""
 
-    epochs: int
-    batch_size: int
-    lr: float
+    epochs: int = 1
+    batch_size: int = 1
+    lr: float = 0.0
     name: str | None = None
     warmup_lr: float = 0.0
     min_lr: float = 0.0
@@ -150,15 +129,6 @@ class BudgetSpec:
     train_batches: int | None = None  # a cap on the steps of an epoch
     val_images: int | None = None  # a cap on the images evaluated
     group: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def of(cls, node) -> BudgetSpec:
-        """`node` (a `budget` config) as a `BudgetSpec`; a `BudgetSpec` as it is."""
-        if isinstance(node, cls):
-            return node
-        values = _group(node)
-        names = [f for f in cls.__dataclass_fields__ if f != "group" and f in values]
-        return cls(**{f: values[f] for f in names}, group=values)
 
 
 @dataclass(frozen=True)
