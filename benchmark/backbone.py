@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -27,6 +28,9 @@ from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
 from benchmark.errors import UserError
+
+if TYPE_CHECKING:
+    from benchmark.config.parts import BackboneSpec
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -84,42 +88,53 @@ class SwinBackbone(nn.Module):
         return [block for stage in self.stages for block in stage.blocks]
 
 
+def backbone_spec(spec: BackboneSpec | DictConfig) -> BackboneSpec:
+    """`spec` as a `BackboneSpec` (a `backbone` config node parsed)."""
+    from benchmark.config.parts import BackboneSpec  # the config layer imports the methods
+
+    return BackboneSpec.of(spec)
+
+
 def _nchw(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-def build_swin(cfg: DictConfig, image_size: int, drop_path: float, num_classes: int = 0):
+def build_swin(
+    spec: BackboneSpec | DictConfig, image_size: int, drop_path: float, num_classes: int = 0
+):
     """A timm `SwinTransformer` of the architecture named by a `backbone` config."""
+    spec = backbone_spec(spec)
     return SwinTransformer(
         img_size=image_size,
-        patch_size=cfg.patch_size,
-        embed_dim=cfg.embed_dim,
-        depths=tuple(cfg.depths),
-        num_heads=tuple(cfg.num_heads),
-        window_size=cfg.window_size,
+        patch_size=spec.patch_size,
+        embed_dim=spec.embed_dim,
+        depths=tuple(spec.depths),
+        num_heads=tuple(spec.num_heads),
+        window_size=spec.window_size,
         drop_path_rate=drop_path,
         num_classes=num_classes,
     )
 
 
 def build_backbone(
-    cfg: DictConfig, image_size: int, drop_path: float, load_weights: bool = True
+    spec: BackboneSpec | DictConfig, image_size: int, drop_path: float, load_weights: bool = True
 ) -> SwinBackbone:
     """Build the backbone of a `backbone` config and load its pre-trained weights.
 
-    `cfg.weights` is a path to a timm or official Microsoft checkpoint, `default` for the
+    `spec.weights` is a path to a timm or official Microsoft checkpoint, `default` for the
     checkpoint shipped with the suite (only `swin_micro` has one), `none` for a random
     initialisation on purpose, or unset (null): random too, with a warning (real-data runs
     refuse it before they start, see `require_weights`). `load_weights=False` skips loading
     (parameter counting on the meta device).
     """
-    swin = build_swin(cfg, image_size, drop_path)
-    path = resolve_weights(cfg)
+    spec = backbone_spec(spec)
+    swin = build_swin(spec, image_size, drop_path)
+    path = resolve_weights(spec)
     if load_weights and path is not None:
-        load_checkpoint(swin, path, cfg.name)
-    elif load_weights and cfg.get("weights") is None:
+        load_checkpoint(swin, path, spec.name)
+    elif load_weights and spec.weights is None:
         _warn_once(
-            f"warning: backbone {cfg.name} starts from random weights (backbone.weights is "
+            f"warning: backbone {spec.name} starts from random weights (backbone.weights is "
             "unset; give a checkpoint path, or none to silence this)"
         )
     return SwinBackbone(swin)
@@ -134,14 +149,15 @@ def _warn_once(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def require_weights(cfg: DictConfig, dataset: str) -> None:
+def require_weights(spec: BackboneSpec | DictConfig, dataset: str) -> None:
     """Real-data runs start from ImageNet weights (protocol §2.1): stop when none were given,
     naming the checkpoint to obtain, unless `backbone.weights=none` asks for random init."""
     from benchmark.data.registry import trains_from_pretrained
 
-    if cfg.get("weights") is not None or not trains_from_pretrained(dataset):
+    spec = backbone_spec(spec)
+    if spec.weights is not None or not trains_from_pretrained(dataset):
         return
-    timm_name, official = cfg.get("timm_checkpoint"), cfg.get("official_checkpoint")
+    timm_name, official = spec.timm_checkpoint, spec.official_checkpoint
     where = (
         f"a local copy of the timm checkpoint {timm_name} (its model.safetensors) or of the "
         f"official Microsoft {official}"
@@ -154,17 +170,18 @@ def require_weights(cfg: DictConfig, dataset: str) -> None:
     )
 
 
-def resolve_weights(cfg: DictConfig) -> Path | None:
-    weights = cfg.get("weights")
+def resolve_weights(spec: BackboneSpec | DictConfig) -> Path | None:
+    spec = backbone_spec(spec)
+    weights = spec.weights
     if weights is None or str(weights).lower() == "none":
         return None
     if str(weights) == "default":
-        if not cfg.get("default_weights"):
+        if not spec.default_weights:
             raise UserError(
-                f"backbone {cfg.name} has no shipped checkpoint; "
+                f"backbone {spec.name} has no shipped checkpoint; "
                 "give backbone.weights=PATH or backbone.weights=none"
             )
-        path = WEIGHTS_DIR / cfg.default_weights
+        path = WEIGHTS_DIR / spec.default_weights
         if not path.exists():
             raise UserError(
                 f"the shipped checkpoint {path.name} is missing; restore it (git checkout "
@@ -214,9 +231,9 @@ def verify_shipped(path: Path) -> None:
         )
 
 
-def weights_sha256(cfg: DictConfig) -> str | None:
+def weights_sha256(spec: BackboneSpec | DictConfig) -> str | None:
     """The sha256 of the weights a backbone starts from (None: random initialisation)."""
-    path = resolve_weights(cfg)
+    path = resolve_weights(spec)
     return None if path is None else file_sha256(path)
 
 

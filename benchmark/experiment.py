@@ -12,7 +12,6 @@ the run's lock and writes its files, and every rank returns the same record.
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import math
 import os
@@ -28,7 +27,8 @@ from tqdm.auto import tqdm
 
 from benchmark import distributed
 from benchmark.backbone import weights_sha256
-from benchmark.config import Execution, cadence, instantiate_method
+from benchmark.config import CONF_DIR, instantiate_method
+from benchmark.config.parts import DataSpec, RunSpec, parse
 from benchmark.cost import device_name
 from benchmark.data import MultiTaskData, dataset_info, load_dataset
 from benchmark.distributed import resolve_device
@@ -49,31 +49,28 @@ from benchmark.records import (
 )
 from benchmark.train import GroupResult, TrainingDiverged, execution_cost, train_and_evaluate
 
-CONF_DIR = Path(__file__).parent / "conf"
 
-
-def reference_config(cfg: DictConfig) -> DictConfig:
-    """The same setting (dataset, backbone, budget, seed) with the single-task method."""
-    ref = copy.deepcopy(cfg)
+def reference_config(spec: RunSpec | DictConfig, **top) -> RunSpec:
+    """The same setting (dataset, backbone, budget, seed) with the single-task method (and
+    the top-level keys `top` changed)."""
     with open(CONF_DIR / "method" / f"{REFERENCE_METHOD}.yaml") as f:
-        ref.method = OmegaConf.load(f)
-    return ref
+        return parse(spec).with_method(OmegaConf.load(f), **top)
 
 
 class DataCache:
     """Keeps the last dataset loaded, so a sweep over methods loads it once."""
 
     def __init__(self):
-        self._key: str | None = None
+        self._key: DataSpec | None = None
         self._data: MultiTaskData | None = None
 
-    def get(self, cfg: DictConfig, progress: bool) -> MultiTaskData:
-        key = OmegaConf.to_yaml(cfg)
-        if key != self._key:
+    def get(self, data: DataSpec | DictConfig, progress: bool) -> MultiTaskData:
+        data = DataSpec.of(data)
+        if data != self._key:
             self._data = None  # let the previous dataset (and its GPU copy) go first
             with distributed.main_first():  # rank 0 renders or builds the cache alone
-                self._data = load_dataset(cfg, progress=progress and distributed.is_main())
-            self._key = key
+                self._data = load_dataset(data, progress=progress and distributed.is_main())
+            self._key = data
         return self._data
 
 
@@ -102,7 +99,7 @@ def failure_message(err: BaseException) -> str:
 
 
 def run_experiment(
-    cfg: DictConfig,
+    cfg: DictConfig | RunSpec,
     cache: DataCache | None = None,
     log=tqdm.write,
     failures: list[str] | None = None,
@@ -123,39 +120,40 @@ def run_experiment(
     A finished run's leftovers (its checkpoints, group files and temporary files, from a
     process killed after it wrote the record) are removed when the run is skipped.
     """
+    spec = parse(cfg)  # the configuration's typed parts, each handed to its layer
     world = distributed.current()
     if not world.is_main:
         log = _quiet
     cache = cache or DataCache()
-    method = instantiate_method(cfg.method)
-    directory = run_dir(cfg, method.label)
-    done = None if cfg.force else distributed.broadcast(finished_record(directory))
+    method = instantiate_method(spec.method.node)
+    directory = run_dir(spec, method.label)
+    done = None if spec.force else distributed.broadcast(finished_record(directory))
     if done is not None:
-        log(f"skip {method.label} seed {cfg.seed}: finished in {directory} (force=true re-runs)")
+        log(f"skip {method.label} seed {spec.seed}: finished in {directory} (force=true re-runs)")
         if world.is_main:
-            clear_leftovers(directory, keep_checkpoints=cfg.keep_checkpoints)
+            clear_leftovers(directory, keep_checkpoints=spec.keep_checkpoints)
         return done
     with _lock_on_main(directory):
         if world.is_main:
-            if cfg.force:
+            if spec.force:
                 clear_run_state(directory)
             elif run_state_files(directory):
-                log(f"resuming {method.label} seed {cfg.seed} from {directory}")
+                log(f"resuming {method.label} seed {spec.seed} from {directory}")
         distributed.barrier()  # nobody looks for checkpoints before rank 0 cleared them
         reference = None
         if method.name != REFERENCE_METHOD:
-            reference = ensure_reference(cfg, cache, log, failures, tried_references)
+            reference = ensure_reference(spec, cache, log, failures, tried_references)
         record = None
         try:
-            results = train_groups(method, cfg, directory, cache)
+            results = train_groups(method, spec, directory, cache)
             check_finite({t: m for r in results for t, m in r.metrics.items()})
             if world.is_main:
                 if reference is None and method.name != REFERENCE_METHOD:
-                    reference = finished_record(reference_dir(cfg))  # trained meanwhile?
-                record = make_record(cfg, method, directory, results, reference)
+                    reference = finished_record(reference_dir(spec))  # trained meanwhile?
+                record = make_record(spec, method, directory, results, reference)
                 if record["delta_m"] is not None and not math.isfinite(record["delta_m"]):
                     raise NotFinite(f"Δm is {record['delta_m']}")
-                (directory / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+                (directory / "config.yaml").write_text(spec.yaml)
                 write_json_atomic(directory / "result.json", record)
         except (UserError, KeyboardInterrupt):
             raise
@@ -166,7 +164,7 @@ def run_experiment(
             if world.is_main:
                 try:
                     write_json_atomic(
-                        directory / "result.json", failed_record(cfg, method, message)
+                        directory / "result.json", failed_record(spec, method, message)
                     )
                 except OSError as again:  # the disk is still full: say so, go on
                     log(f"could not record the failure in {directory}: {failure_message(again)}")
@@ -175,7 +173,7 @@ def run_experiment(
             if world.distributed and not isinstance(err, TrainingDiverged | NotFinite):
                 raise
             raise RunFailed(message) from None
-        if world.is_main and not cfg.keep_checkpoints:
+        if world.is_main and not spec.keep_checkpoints:
             clear_run_state(directory)
         record = distributed.broadcast(record)
     log(summary_line(record))
@@ -203,50 +201,49 @@ def _lock_on_main(directory: Path):
         yield
 
 
-def reference_dir(cfg: DictConfig) -> Path:
-    ref_cfg = reference_config(cfg)
-    return run_dir(ref_cfg, instantiate_method(ref_cfg.method).label)
+def reference_dir(spec: RunSpec | DictConfig) -> Path:
+    ref = reference_config(spec)
+    return run_dir(ref, instantiate_method(ref.method.node).label)
 
 
 def ensure_reference(
-    cfg: DictConfig,
+    spec: RunSpec,
     cache: DataCache | None,
     log,
     failures: list[str] | None,
     tried: set[Path] | None = None,
 ) -> dict | None:
-    """The single-task record of `cfg`'s setting, trained first if missing. None (and Δm
+    """The single-task record of `spec`'s setting, trained first if missing. None (and Δm
     left empty) when it fails, failed earlier in this sweep (`tried`), or another process is
     training it right now."""
-    directory = reference_dir(cfg)
+    directory = reference_dir(spec)
     reference = distributed.broadcast(finished_record(directory))
     if reference is not None:
         return reference
     if tried is not None and directory in tried:
-        log(f"the single-task reference seed {cfg.seed} failed earlier in this sweep; "
+        log(f"the single-task reference seed {spec.seed} failed earlier in this sweep; "
             "Δm stays empty")
         return None
     log("Δm needs the single-task reference of this setting: training it first")
-    ref_cfg = reference_config(cfg)
-    ref_cfg.force = False
     try:
-        return run_experiment(ref_cfg, cache, log, tried_references=tried)
+        return run_experiment(reference_config(spec, force=False), cache, log,
+                              tried_references=tried)
     except RunBusy as err:
         log(f"{err}; this run's Δm is filled in if the reference finishes first")
     except RunFailed as err:
-        log(f"FAILED the single-task reference seed {cfg.seed}: {err}; Δm stays empty")
+        log(f"FAILED the single-task reference seed {spec.seed}: {err}; Δm stays empty")
         if tried is not None:
             tried.add(directory)
         if failures is not None:
-            failures.append(f"{REFERENCE_METHOD} seed {cfg.seed} (reference): {err}")
+            failures.append(f"{REFERENCE_METHOD} seed {spec.seed} (reference): {err}")
     return None
 
 
-def train_groups(method, cfg: DictConfig, directory: Path, cache: DataCache) -> list[GroupResult]:
+def train_groups(method, spec: RunSpec, directory: Path, cache: DataCache) -> list[GroupResult]:
     """Train one model per task group; a group finished before an interruption is reused."""
-    device = resolve_device(cfg.device)
-    info = dataset_info(cfg.dataset)
-    data = cache.get(cfg.dataset, cfg.progress)
+    device = resolve_device(spec.device)
+    info = dataset_info(spec.data)
+    data = cache.get(spec.data, spec.progress)
     groups = method.task_groups(info.tasks)
     results = []
     for i, tasks in enumerate(groups):
@@ -255,14 +252,14 @@ def train_groups(method, cfg: DictConfig, directory: Path, cache: DataCache) -> 
         if previous is not None and previous.get("tasks") == list(tasks):
             results.append(GroupResult(**previous))
             continue
-        torch.manual_seed(cfg.seed)
-        model = build_model(method, cfg, info, tasks)
+        torch.manual_seed(spec.seed)
+        model = build_model(method, spec.backbone, info, tasks, drop_path=spec.budget.drop_path)
         desc = method.label + (f" [{'+'.join(tasks)}]" if len(groups) > 1 else "")
         result = train_and_evaluate(
-            model, data, cfg.budget, device, cfg.seed, cfg.progress, desc,
+            model, data, spec.budget, device, spec.seed, spec.progress, desc,
             checkpoint=directory / f"checkpoint-{i}.pt",
-            checkpoint_every=cadence(cfg.checkpoint_every),
-            execution=Execution.from_config(cfg),
+            checkpoint_every=spec.checkpoint_every,
+            execution=spec.execution,
         )
         if distributed.is_main():
             write_json_atomic(saved, asdict(result))
@@ -275,14 +272,14 @@ def fill_delta_m(configs: list[DictConfig]) -> int:
     """Fill in Δm in the finished records of `configs` that lack it because their reference
     was still training elsewhere when they finished and exists now; the number filled."""
     filled = 0
-    for cfg in configs:
-        if cfg.method.name == REFERENCE_METHOD:
+    for spec in map(parse, configs):
+        if spec.method.name == REFERENCE_METHOD:
             continue
-        directory = run_dir(cfg, instantiate_method(cfg.method).label)
+        directory = run_dir(spec, instantiate_method(spec.method.node).label)
         record = finished_record(directory)
         if record is None or record.get("delta_m") is not None:
             continue
-        reference = finished_record(reference_dir(cfg))
+        reference = finished_record(reference_dir(spec))
         if reference is None:
             continue
         try:
@@ -307,26 +304,28 @@ def clear_run_state(directory: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def failed_record(cfg: DictConfig, method, message: str) -> dict:
+def failed_record(spec: RunSpec, method, message: str) -> dict:
     return Record.failed(Run(
         method=method.name,
         label=method.label,
-        method_config=OmegaConf.to_container(cfg.method, resolve=True),
-        dataset=cfg.dataset.name,
-        tasks=list(cfg.dataset.tasks),
-        backbone=cfg.backbone.name,
-        budget=cfg.budget.name,
-        seed=cfg.seed,
-        eval_resolution=dataset_info(cfg.dataset).eval_resolution,
-        weights_sha256=weights_sha256(cfg.backbone),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        method_config=spec.method.options,
+        dataset=spec.data.name,
+        tasks=list(spec.data.tasks),
+        backbone=spec.backbone.name,
+        budget=spec.budget.name,
+        seed=spec.seed,
+        eval_resolution=dataset_info(spec.data).eval_resolution,
+        weights_sha256=weights_sha256(spec.backbone),
+        config=spec.config,
         versions=versions(),
     ), message)
 
 
-def make_record(cfg, method, directory: Path, results: list[GroupResult], reference) -> dict:
-    device = resolve_device(cfg.device)
-    info = dataset_info(cfg.dataset)
+def make_record(
+    spec: RunSpec, method, directory: Path, results: list[GroupResult], reference
+) -> dict:
+    device = resolve_device(spec.device)
+    info = dataset_info(spec.data)
     metrics = {task: m for r in results for task, m in r.metrics.items()}
     metrics = {task: metrics[task] for task in info.tasks}
     if method.name == REFERENCE_METHOD:
@@ -341,15 +340,15 @@ def make_record(cfg, method, directory: Path, results: list[GroupResult], refere
     run = Run(
         method=method.name,
         label=method.label,
-        method_config=OmegaConf.to_container(cfg.method, resolve=True),
+        method_config=spec.method.options,
         dataset=info.name,
         tasks=info.tasks,
-        backbone=cfg.backbone.name,
-        budget=cfg.budget.name,
-        seed=cfg.seed,
+        backbone=spec.backbone.name,
+        budget=spec.budget.name,
+        seed=spec.seed,
         eval_resolution=info.eval_resolution,
-        weights_sha256=weights_sha256(cfg.backbone),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        weights_sha256=weights_sha256(spec.backbone),
+        config=spec.config,
         versions=versions(),
     )
     return Record.finished(

@@ -84,7 +84,7 @@ def reference_overrides(overrides: Sequence[str]) -> list[str]:
     """The overrides of the single-task reference of the run `overrides` compose: the same
     setting with `method=single_task` (and none of the method's options), never forced
     (as `experiment.ensure_reference` trains it)."""
-    from benchmark.experiment import REFERENCE_METHOD
+    from benchmark.records import REFERENCE_METHOD
 
     kept = [o for o in overrides if override_key(o).split(".")[0] != "method"]
     return _set([*kept, f"method={REFERENCE_METHOD}"], "force", "false")
@@ -97,8 +97,8 @@ def plan_waves(
     line for every run left out because it is finished. `configs[i]` is what `combos[i]`
     composes to."""
     from benchmark.config import instantiate_method
-    from benchmark.experiment import REFERENCE_METHOD, reference_dir
-    from benchmark.records import finished_record, run_dir
+    from benchmark.experiment import reference_dir
+    from benchmark.records import REFERENCE_METHOD, finished_record, run_dir
 
     references: dict[Path, list[str]] = {}
     others: list[list[str]] = []

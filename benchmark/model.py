@@ -17,8 +17,7 @@ from benchmark.backbone import SwinBackbone, build_backbone
 from benchmark.method import Encoder, Method
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
-
+    from benchmark.config.parts import BackboneSpec
     from benchmark.data import DatasetInfo
 
 # MTLoRA's downsampler widths for Swin-T (embed_dim 96); they scale with embed_dim (protocol §2.2).
@@ -95,13 +94,16 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 def build_model(
     method: Method,
-    cfg: DictConfig,
+    backbone: BackboneSpec,
     info: DatasetInfo,
     tasks: Sequence[str],
+    *,
+    drop_path: float,
     load_weights: bool = True,
 ) -> MultiTaskModel:
-    """Backbone (pre-trained) -> method's encoder -> one decoder per task."""
-    backbone = build_backbone(cfg.backbone, info.image_size, cfg.budget.drop_path, load_weights)
+    """Backbone (pre-trained) -> method's encoder -> one decoder per task; `drop_path` is the
+    budget's stochastic depth."""
+    backbone = build_backbone(backbone, info.image_size, drop_path, load_weights)
     encoder = method.build_encoder(backbone, tasks)
     decoders = build_decoders(backbone, {t: info.num_outputs[t] for t in tasks})
     return MultiTaskModel(encoder, decoders)

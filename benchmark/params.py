@@ -19,6 +19,7 @@ import torch
 from tabulate import tabulate
 
 from benchmark.config import compose_all, expand, instantiate_method, pop_options
+from benchmark.config.parts import parse
 from benchmark.errors import UserError, report_user_error
 
 
@@ -26,12 +27,14 @@ def count(cfg) -> dict:
     from benchmark.data import dataset_info
     from benchmark.model import build_model, count_parameters
 
-    method = instantiate_method(cfg.method)
-    info = dataset_info(cfg.dataset)
+    spec = parse(cfg)
+    method = instantiate_method(spec.method.node)
+    info = dataset_info(spec.data)
     trainable = total = decoders = 0
     with torch.device("meta"):
         for tasks in method.task_groups(info.tasks):
-            model = build_model(method, cfg, info, tasks, load_weights=False)
+            model = build_model(method, spec.backbone, info, tasks,
+                                drop_path=spec.budget.drop_path, load_weights=False)
             trainable += count_parameters(model, trainable_only=True)
             total += count_parameters(model)
             decoders += count_parameters(model.decoders)
@@ -45,7 +48,7 @@ def count(cfg) -> dict:
         "paper_trainable_m": method.paper_trainable_m,
         "encoder_mode": mode,
         "dataset": info.name,
-        "backbone": cfg.backbone.name,
+        "backbone": spec.backbone.name,
     }
 
 

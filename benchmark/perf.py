@@ -55,7 +55,8 @@ from omegaconf import DictConfig
 from tabulate import tabulate
 from tqdm.auto import tqdm
 
-from benchmark.config import Execution, compose_all, expand, instantiate_method, pop_options
+from benchmark.config import compose_all, expand, instantiate_method, pop_options
+from benchmark.config.parts import parse
 from benchmark.cost import PeakMemory, device_name, synchronize
 from benchmark.data import Split
 from benchmark.distributed import resolve_device
@@ -183,15 +184,16 @@ def measure(cfg: DictConfig, steps: int, warmup: int, rate: float, peak: float |
     from benchmark.data import BatchLoader, dataset_info, place_split
     from benchmark.model import build_model, count_parameters
 
-    device = resolve_device(cfg.device)
-    method = instantiate_method(cfg.method)
-    info = dataset_info(cfg.dataset)
-    execution = Execution.from_config(cfg)
-    batch_size = cfg.budget.batch_size
+    spec = parse(cfg)
+    device = resolve_device(spec.device)
+    method = instantiate_method(spec.method.node)
+    info = dataset_info(spec.data)
+    execution = spec.execution
+    batch_size = spec.budget.batch_size
     batch = fake_batch(info, batch_size, device)
-    precision = effective(device, training_precision(cfg.budget))
+    precision = effective(device, training_precision(spec.budget.group))
     split = place_split(fake_split(info, 2 * batch_size), device, execution.data_on_gpu)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(spec.seed)
     # single_task trains one model per task: its cost is the sum over those models
     groups = method.task_groups(info.tasks)
     train_s = minimal_s = infer_s = checkpoint_s = 0.0
@@ -201,7 +203,8 @@ def measure(cfg: DictConfig, steps: int, warmup: int, rate: float, peak: float |
     compiled = []
     kind = "cuda_allocated" if device.type == "cuda" else "cpu_rss_increase"
     for tasks in groups:
-        model = build_model(method, cfg, info, tasks, load_weights=False).to(device)
+        model = build_model(method, spec.backbone, info, tasks,
+                            drop_path=spec.budget.drop_path, load_weights=False).to(device)
         if execution.fused_attn:
             set_fused_attention(model, True)
         sub = {k: v for k, v in batch.items() if k == "image" or k in tasks}
@@ -211,22 +214,22 @@ def measure(cfg: DictConfig, steps: int, warmup: int, rate: float, peak: float |
         trainable += count_parameters(model, trainable_only=True)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.budget.weight_decay), lr=1e-4,
+            param_groups(model, spec.budget.weight_decay), lr=1e-4,
             fused=device.type == "cuda",
         )
         criterion = MultiTaskLoss(tasks)
         # FLOPs are counted on the eager model: compiled kernels escape the counter
         model.train()
         train_flops += count_flops(_step_fn(model, sub, criterion, optimizer, device, precision,
-                                       cfg.budget.clip_grad))
+                                       spec.budget.clip_grad))
         runner, probe = compile_module(model) if execution.compile else (model, None)
         loader = BatchLoader(split, tasks, batch_size, device, shuffle=True, augment=True,
                              drop_last=True, prefetch=execution.prefetch
                              if device.type == "cuda" else 0)
-        harness = TrainStep(runner, criterion, optimizer, params, cfg.budget, device,
+        harness = TrainStep(runner, criterion, optimizer, params, spec.budget, device,
                             execution, lambda _: 1e-4, precision)
         minimal = _step_fn(runner, sub, criterion, optimizer, device, precision,
-                           cfg.budget.clip_grad)
+                           spec.budget.clip_grad)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         with PeakMemory(device) as memory:
@@ -248,7 +251,7 @@ def measure(cfg: DictConfig, steps: int, warmup: int, rate: float, peak: float |
         "method": method.name,
         "label": method.label,
         "device": device_name(device),
-        "backbone": cfg.backbone.name,
+        "backbone": spec.backbone.name,
         "dataset": info.name,
         "tasks": info.tasks,
         "image_size": info.image_size,
@@ -282,18 +285,19 @@ def measure_bare(cfg: DictConfig, steps: int, warmup: int) -> float:
     from benchmark.backbone import build_swin
     from benchmark.data import dataset_info
 
-    device = resolve_device(cfg.device)
-    info = dataset_info(cfg.dataset)
-    execution = Execution.from_config(cfg)
-    swin = build_swin(cfg.backbone, info.image_size, cfg.budget.drop_path).to(device).train()
+    spec = parse(cfg)
+    device = resolve_device(spec.device)
+    info = dataset_info(spec.data)
+    execution = spec.execution
+    swin = build_swin(spec.backbone, info.image_size, spec.budget.drop_path).to(device).train()
     if execution.fused_attn:
         set_fused_attention(swin, True)
     optimizer = torch.optim.AdamW(swin.parameters(), lr=1e-4, fused=device.type == "cuda")
-    images = fake_batch(info, cfg.budget.batch_size, device)["image"]
+    images = fake_batch(info, spec.budget.batch_size, device)["image"]
     if execution.channels_last:
         swin.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    precision = effective(device, training_precision(cfg.budget))
+    precision = effective(device, training_precision(spec.budget.group))
 
     class Stages(torch.nn.Module):
         def __init__(self):
@@ -317,7 +321,7 @@ def measure_bare(cfg: DictConfig, steps: int, warmup: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return cfg.budget.batch_size / _timed(step, device, steps, warmup)
+    return spec.budget.batch_size / _timed(step, device, steps, warmup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,45 +26,30 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from benchmark.atomic import atomic_write
+from benchmark.config.parts import RunSpec, parse
 from benchmark.tasks import TASKS
 
 SCHEMA = 1
 KNOWN_SCHEMAS = (1,)  # the record versions this code reads; others are skipped with a warning
 REFERENCE_METHOD = "single_task"  # the method Δm is measured against (protocol §1.4)
-# Keys that locate files rather than define the experiment.
-_NOT_IN_KEY = {"root", "cache_dir"}
-# Options added to a config group after records of it existed, with their default: at the
-# default they are left out of the key, so that a run keeps the key (and finds the record)
-# it had before the option existed; set to anything else they enter it.
-_ADDED_OPTIONS = {
-    ("method", "dora"): False,
-    ("budget", "decay_position_tables"): False,
-    ("dataset", "augment"): "clean",
-}
 
 
-def run_key(cfg: DictConfig) -> str:
+def run_key(spec: RunSpec | DictConfig) -> str:
     """A hash of the settings that define a run: the method, dataset, backbone and budget
-    groups and the seed (not where files live, not options at their added-later default)."""
-    parts = {
-        group: {
-            k: v
-            for k, v in OmegaConf.to_container(cfg[group], resolve=True).items()
-            if k not in _NOT_IN_KEY
-            and not ((group, k) in _ADDED_OPTIONS and v == _ADDED_OPTIONS[group, k])
-        }
-        for group in ("method", "dataset", "backbone", "budget")
-    }
+    groups and the seed (not where files live, not options at their added-later default:
+    `benchmark.config.parts.key_part`)."""
+    spec = parse(spec)
+    parts = dict(spec.identity.groups)
     from benchmark.precision import key_budget
 
     parts["budget"] = key_budget(parts["budget"])  # `amp` and `precision`: one spelling
-    parts["seed"] = cfg.seed
+    parts["seed"] = spec.identity.seed
     from benchmark.backbone import weights_sha256
 
-    parts["weights_sha256"] = weights_sha256(cfg.backbone)
+    parts["weights_sha256"] = weights_sha256(spec.backbone)
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -73,9 +58,10 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "run"
 
 
-def run_dir(cfg: DictConfig, label: str) -> Path:
-    name = f"{slug(label)}-seed{cfg.seed}-{run_key(cfg)}"
-    return Path(cfg.results_dir) / cfg.dataset.name / cfg.backbone.name / cfg.budget.name / name
+def run_dir(spec: RunSpec | DictConfig, label: str) -> Path:
+    spec = parse(spec)
+    name = f"{slug(label)}-seed{spec.seed}-{run_key(spec)}"
+    return Path(spec.results_dir) / spec.data.name / spec.backbone.name / spec.budget.name / name
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

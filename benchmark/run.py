@@ -53,7 +53,6 @@ from benchmark.errors import UserError, report_user_error
 
 def run_sweep(configs: list[DictConfig]) -> int:
     from benchmark.experiment import (
-        REFERENCE_METHOD,
         DataCache,
         RunFailed,
         fill_delta_m,
@@ -61,7 +60,7 @@ def run_sweep(configs: list[DictConfig]) -> int:
         run_experiment,
     )
     from benchmark.launch import print_summary
-    from benchmark.records import RunBusy, finished_record, run_dir
+    from benchmark.records import REFERENCE_METHOD, RunBusy, finished_record, run_dir
 
     # References first: every other run of the same setting needs them for Δm.
     configs = sorted(configs, key=lambda c: c.method.name != REFERENCE_METHOD)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from benchmark import distributed
 from benchmark.checkpoint import TrainState, load_checkpoint, save_checkpoint, should_checkpoint
 from benchmark.config import Execution
+from benchmark.config.parts import BudgetSpec
 from benchmark.cost import PeakMemory, Stopwatch, synchronize
 from benchmark.data import BatchLoader, MultiTaskData, place_split
 from benchmark.errors import UserError
@@ -120,8 +121,9 @@ def param_groups(
     ]
 
 
-def lr_schedule(budget: DictConfig, steps_per_epoch: int, world_size: int = 1):
+def lr_schedule(budget: BudgetSpec | DictConfig, steps_per_epoch: int, world_size: int = 1):
     """Per-step learning rate: linear warm-up from warmup_lr, then cosine to min_lr."""
+    budget = BudgetSpec.of(budget)
     scale = budget.batch_size * world_size / 512
     base, warm, floor = budget.lr * scale, budget.warmup_lr * scale, budget.min_lr * scale
     total = max(1, budget.epochs * steps_per_epoch)
@@ -222,7 +224,7 @@ def set_fused_attention(model: nn.Module, enabled: bool) -> int:
 def train_and_evaluate(
     model: MultiTaskModel,
     data: MultiTaskData,
-    budget: DictConfig,
+    budget: BudgetSpec | DictConfig,
     device: torch.device,
     seed: int,
     progress: bool = True,
@@ -244,11 +246,12 @@ def train_and_evaluate(
     metrics.
     """
     execution = execution or Execution()
+    budget = BudgetSpec.of(budget)
     world = distributed.current()
     tasks = model.tasks
     device = distributed.device_for(device)
-    precision = effective(device, training_precision(budget))
-    eval_precision = effective(device, evaluation_precision(budget))
+    precision = effective(device, training_precision(budget.group))
+    eval_precision = effective(device, evaluation_precision(budget.group))
     set_matmul_precision(device, precision)
     if execution.fused_attn:
         set_fused_attention(model, True)
@@ -268,7 +271,7 @@ def train_and_evaluate(
     criterion = MultiTaskLoss(tasks)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        param_groups(model, budget.weight_decay, budget.get("decay_position_tables", False)),
+        param_groups(model, budget.weight_decay, budget.decay_position_tables),
         lr=budget.lr, betas=(0.9, 0.999), eps=1e-8, fused=cuda,
     )
     lr_at = lr_schedule(budget, len(loader), world.size)
@@ -456,7 +459,7 @@ def _max(a: float | None, b: float | None) -> float | None:
 def evaluate(
     model: MultiTaskModel,
     data: MultiTaskData,
-    budget: DictConfig,
+    budget: BudgetSpec | DictConfig,
     device: torch.device,
     prefetch: int = 0,
     precision: str | None = None,
@@ -465,9 +468,10 @@ def evaluate(
     (`dataset.eval_resolution`: the input size, or each image's own size). Under torchrun
     each rank scores its shard and the meters' sums are added up over the ranks. In
     `precision` (default: the budget's `eval_precision`, fp32 unless set)."""
+    budget = BudgetSpec.of(budget)
     tasks = model.tasks
     device = distributed.device_for(device)
-    precision = effective(device, precision or evaluation_precision(budget))
+    precision = effective(device, precision or evaluation_precision(budget.group))
     world = distributed.current()
     loader = BatchLoader(
         data.val, tasks, 2 * budget.batch_size, device, max_images=budget.val_images,

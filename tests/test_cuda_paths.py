@@ -260,7 +260,8 @@ def test_ddp_excludes_the_statically_unused_parameters(monkeypatch):
 
     info = dataset_info(cfg.dataset)
     method = instantiate_method(cfg.method)
-    model = build_model(method, cfg, info, info.tasks, load_weights=False)
+    model = build_model(method, cfg.backbone, info, info.tasks, drop_path=cfg.budget.drop_path,
+                        load_weights=False)
     unused = train.unused_parameters(model, info.image_size, CPU)
     assert unused and all(".3." in n.replace("layers.", "") or "fc2" in n for n in unused)
     assert all("fc2" in n for n in unused)
@@ -327,8 +328,8 @@ def test_fused_attention_is_an_option_set_on_every_attention(monkeypatch):
     from benchmark.model import build_model
 
     info = dataset_info(cfg.dataset)
-    model = build_model(instantiate_method(cfg.method), cfg, info, info.tasks,
-                        load_weights=False)
+    model = build_model(instantiate_method(cfg.method), cfg.backbone, info, info.tasks,
+                        drop_path=cfg.budget.drop_path, load_weights=False)
     flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
     assert flags and not any(flags)  # timm's default for Swin: off
     assert train.set_fused_attention(model, True) == len(flags)

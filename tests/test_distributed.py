@@ -201,7 +201,8 @@ def test_torchrun_two_processes_one_record_reduced_evaluation(tmp_path):
 
     (cfg,) = compose_all([args])
     info = dataset_info(cfg.dataset)
-    model = build_model(instantiate_method(cfg.method), cfg, info, info.tasks)
+    model = build_model(instantiate_method(cfg.method), cfg.backbone, info, info.tasks,
+                        drop_path=cfg.budget.drop_path)
     blob = torch.load(path.parent / "checkpoint-0.pt", weights_only=False)
     model.load_state_dict(blob["model"])
     assert len(blob["rng"]) == 2  # every rank's RNG, for an exact resume

@@ -43,8 +43,8 @@ def seeded_model(method: str) -> tuple[torch.nn.Module, list[str], dict[str, int
                            f"dataset.image_size={SIZE}"]])
     info = dataset_info(cfg.dataset)
     torch.manual_seed(0)
-    model = build_model(instantiate_method(cfg.method), cfg, info, info.tasks,
-                        load_weights=False).double().eval()
+    model = build_model(instantiate_method(cfg.method), cfg.backbone, info, info.tasks,
+                        drop_path=cfg.budget.drop_path, load_weights=False).double().eval()
     g = torch.Generator().manual_seed(1234)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):

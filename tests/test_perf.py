@@ -144,7 +144,8 @@ def test_flops_of_every_method_are_counted_in_training_and_inference(name):
     info = dataset_info(cfg.dataset)
     method = instantiate_method(cfg.method)
     tasks = method.task_groups(info.tasks)[0]
-    model = build_model(method, cfg, info, tasks, load_weights=False)
+    model = build_model(method, cfg.backbone, info, tasks, drop_path=cfg.budget.drop_path,
+                        load_weights=False)
     batch = fake_batch(info, 2, CPU)
     params = [p for p in model.parameters() if p.requires_grad]
     step = _step_fn(model, batch, MultiTaskLoss(tasks), torch.optim.AdamW(params),

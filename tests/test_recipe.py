@@ -21,8 +21,8 @@ def swin_t_model(method: str, budget: str = "paper"):
     (cfg,) = compose_all([[*PASCAL_SWIN_T, f"method={method}", f"budget={budget}"]])
     with torch.device("meta"):
         model = build_model(
-            instantiate_method(cfg.method), cfg, dataset_info(cfg.dataset), TASKS,
-            load_weights=False,
+            instantiate_method(cfg.method), cfg.backbone, dataset_info(cfg.dataset), TASKS,
+            drop_path=cfg.budget.drop_path, load_weights=False,
         )
     return cfg, model
 

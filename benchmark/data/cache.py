@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from benchmark.config.parts import DataSpec
 
 
 def cache_dir() -> pathlib.Path:
@@ -20,7 +24,10 @@ def cache_dir() -> pathlib.Path:
     return base / "mtpeft"
 
 
-def cache_root(cfg: DictConfig) -> pathlib.Path:
+def cache_root(spec: DataSpec | DictConfig) -> pathlib.Path:
     """The cache folder of a `dataset` config: `dataset.cache_dir` when set, else
     `cache_dir()`."""
-    return pathlib.Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else cache_dir()
+    from benchmark.data.registry import data_spec
+
+    spec = data_spec(spec)
+    return pathlib.Path(spec.cache_dir).expanduser() if spec.cache_dir else cache_dir()

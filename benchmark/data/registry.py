@@ -4,12 +4,16 @@ their on-disk `Layout` (`benchmark.data.layout`), without loading any data."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from benchmark.data.transforms import AUGMENT_MODES, NORMALS_Y
 from benchmark.errors import UserError
 from benchmark.tasks import FIXED_OUTPUTS, TASKS
+
+if TYPE_CHECKING:
+    from benchmark.config.parts import DataSpec
 
 SYNTHETIC = "synthetic"
 REAL_DATASETS = ("pascal_context", "nyud")
@@ -31,9 +35,17 @@ def trains_from_pretrained(name: str) -> bool:
     return name != SYNTHETIC
 
 
-def dataset_info(cfg: DictConfig) -> DatasetInfo:
+def data_spec(spec: DataSpec | DictConfig) -> DataSpec:
+    """`spec` as a `DataSpec` (a `dataset` config node parsed)."""
+    from benchmark.config.parts import DataSpec  # the config layer imports the methods
+
+    return DataSpec.of(spec)
+
+
+def dataset_info(spec: DataSpec | DictConfig) -> DatasetInfo:
     """Tasks, output widths and image size of a `dataset` config, without loading data."""
-    tasks = list(cfg.tasks)
+    spec = data_spec(spec)
+    tasks = list(spec.tasks)
     for task in tasks:
         if task not in TASKS:
             raise UserError(
@@ -41,42 +53,42 @@ def dataset_info(cfg: DictConfig) -> DatasetInfo:
             )
     if len(set(tasks)) != len(tasks) or not tasks:
         raise UserError(f"dataset.tasks must name distinct tasks, got {tasks}")
-    if cfg.name == SYNTHETIC:
+    if spec.name == SYNTHETIC:
         from benchmark.data.synthetic import NUM_SEMSEG_CLASSES
 
         num_classes = NUM_SEMSEG_CLASSES
-        eval_resolution = str(cfg.image_size)
+        eval_resolution = str(spec.image_size)
     else:
-        num_classes = cfg.num_classes
-        eval_resolution = str(cfg.eval_resolution)
-        if eval_resolution not in ("original", str(cfg.image_size)):
+        num_classes = spec.num_classes
+        eval_resolution = str(spec.eval_resolution)
+        if eval_resolution not in ("original", str(spec.image_size)):
             raise UserError(
                 f"dataset.eval_resolution must be original or the input size "
-                f"{cfg.image_size}, got {eval_resolution!r}"
+                f"{spec.image_size}, got {eval_resolution!r}"
             )
-        if cfg.name in REAL_DATASETS:
-            supported = layout_class(cfg.name).supported_tasks
+        if spec.name in REAL_DATASETS:
+            supported = layout_class(spec.name).supported_tasks
             for task in tasks:
                 if task not in supported:
                     raise UserError(
-                        f"dataset {cfg.name} has no {task!r} labels; its tasks are "
+                        f"dataset {spec.name} has no {task!r} labels; its tasks are "
                         f"{', '.join(supported)}"
                     )
-            if cfg.get("normals_y", "down") not in NORMALS_Y:
+            if spec.normals_y not in NORMALS_Y:
                 raise UserError(
                     f"dataset.normals_y must be one of {', '.join(NORMALS_Y)}, "
-                    f"got {cfg.normals_y!r}"
+                    f"got {spec.normals_y!r}"
                 )
-            if cfg.get("augment", "clean") not in AUGMENT_MODES:
+            if spec.augment not in AUGMENT_MODES:
                 raise UserError(
                     f"dataset.augment must be one of {', '.join(AUGMENT_MODES)}, "
-                    f"got {cfg.augment!r}"
+                    f"got {spec.augment!r}"
                 )
-            size = cfg.image_size
+            size = spec.image_size
             if not isinstance(size, int) or size < 32 or size % 32:
                 raise UserError(f"dataset.image_size must be a multiple of 32, got {size}")
     outputs = {t: num_classes if t == "semseg" else FIXED_OUTPUTS[t] for t in tasks}
-    return DatasetInfo(cfg.name, tasks, outputs, int(cfg.image_size), eval_resolution)
+    return DatasetInfo(spec.name, tasks, outputs, int(spec.image_size), eval_resolution)
 
 
 def layout_class(name: str):
@@ -93,18 +105,20 @@ def layout_class(name: str):
     )
 
 
-def make_layout(cfg: DictConfig):
+def make_layout(spec: DataSpec | DictConfig):
     """The `Layout` of a real dataset config; names what to pass when the root is unset."""
-    cls = layout_class(cfg.name)
-    if not cfg.get("root"):
+    spec = data_spec(spec)
+    cls = layout_class(spec.name)
+    if not spec.root:
         raise UserError(
-            f"dataset={cfg.name} needs dataset.root=DIR, the folder of {cls.release} "
+            f"dataset={spec.name} needs dataset.root=DIR, the folder of {cls.release} "
             f"(holding {cls.expected})"
         )
-    return cls(str(cfg.root), list(cfg.tasks))
+    return cls(str(spec.root), list(spec.tasks))
 
 
-def check_dataset(cfg: DictConfig) -> None:
+def check_dataset(spec: DataSpec | DictConfig) -> None:
     """Cheap checks before any run starts: a real dataset's root and split lists exist."""
-    if cfg.name in REAL_DATASETS:
-        make_layout(cfg).check()
+    spec = data_spec(spec)
+    if spec.name in REAL_DATASETS:
+        make_layout(spec).check()

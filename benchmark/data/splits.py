@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,11 +18,15 @@ from benchmark.data.registry import (
     REAL_DATASETS,
     SYNTHETIC,
     DatasetInfo,
+    data_spec,
     dataset_info,
     make_layout,
 )
 from benchmark.data.transforms import Geometry
 from benchmark.errors import UserError
+
+if TYPE_CHECKING:
+    from benchmark.config.parts import DataSpec
 
 
 @dataclass
@@ -75,46 +80,48 @@ class MultiTaskData:
     val: Split
 
 
-def load_dataset(cfg: DictConfig, progress: bool = True) -> MultiTaskData:
-    info = dataset_info(cfg)
-    if cfg.name in REAL_DATASETS:
-        return _load_real(cfg, info, progress)
-    if cfg.name != SYNTHETIC:
-        raise UserError(f"dataset {cfg.name}: no loader; use synthetic, pascal_context or nyud")
+def load_dataset(spec: DataSpec | DictConfig, progress: bool = True) -> MultiTaskData:
+    spec = data_spec(spec)
+    info = dataset_info(spec)
+    if spec.name in REAL_DATASETS:
+        return _load_real(spec, info, progress)
+    if spec.name != SYNTHETIC:
+        raise UserError(f"dataset {spec.name}: no loader; use synthetic, pascal_context or nyud")
     from benchmark.data import synthetic
 
-    root = cache_root(cfg)
+    root = cache_root(spec)
     keep = ["image", *info.tasks]
     splits = {}
-    for split, size in (("train", cfg.train_size), ("val", cfg.val_size)):
+    for split, size in (("train", spec.train_size), ("val", spec.val_size)):
         arrays = synthetic.load_split(
-            cfg.seed, split, int(size), info.image_size, root=root, progress=progress
+            spec.seed, split, int(size), info.image_size, root=root, progress=progress
         )
         splits[split] = Split({k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in keep})
     return MultiTaskData(info, splits["train"], splits["val"])
 
 
-def load_real_split(cfg: DictConfig, split: str, progress: bool = True) -> Split:
+def load_real_split(spec: DataSpec | DictConfig, split: str, progress: bool = True) -> Split:
     """One split of `pascal_context` or `nyud`, from the prepared cache (built on first use)."""
     from benchmark.data import prepared
 
-    info = dataset_info(cfg)
-    layout = make_layout(cfg)
+    spec = data_spec(spec)
+    info = dataset_info(spec)
+    layout = make_layout(spec)
     layout.check()
     geometry = Geometry(
         size=info.image_size,
-        normals_y=str(cfg.get("normals_y", "down")),
+        normals_y=str(spec.normals_y),
         original_resolution=info.eval_resolution == "original",
-        augment=str(cfg.get("augment", "clean")),
+        augment=str(spec.augment),
     )
-    data = prepared.load_split(layout, split, cache_root(cfg), progress=progress)
+    data = prepared.load_split(layout, split, cache_root(spec), progress=progress)
     arrays = {k: torch.from_numpy(v) for k, v in data.arrays.items()}
     return Split(arrays, torch.from_numpy(np.asarray(data.sizes)), data.ids, geometry)
 
 
-def _load_real(cfg: DictConfig, info: DatasetInfo, progress: bool) -> MultiTaskData:
-    train = load_real_split(cfg, "train", progress)
-    val = load_real_split(cfg, "val", progress)
+def _load_real(spec: DataSpec, info: DatasetInfo, progress: bool) -> MultiTaskData:
+    train = load_real_split(spec, "train", progress)
+    val = load_real_split(spec, "val", progress)
     return MultiTaskData(info, train, val)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import matplotlib
 
-from benchmark.config import check_output_dir
+from benchmark.config import check_output_dir, parse_options
 from benchmark.errors import UserError, report_user_error
 from benchmark.records import REFERENCE_METHOD
 from benchmark.report import plots
@@ -73,14 +73,19 @@ def write_reports(records: list[dict], output_dir: Path, figures: bool = True) -
     return pages
 
 
+_DEFAULTS = {"results_dir": "results", "output_dir": "reports"}
+_HINT = "use results_dir=DIR output_dir=DIR"
+
+
 def parse_args(argv: Sequence[str]) -> dict[str, str]:
-    args = {"results_dir": "results", "output_dir": "reports"}
-    for arg in argv:
+    """The command's options; an unknown argument or an empty directory (`output_dir=`) is
+    a `UserError` naming the first such argument."""
+    for i, arg in enumerate(argv):
         key, sep, value = arg.partition("=")
-        if not sep or key not in args or not value:
-            raise UserError(f"unknown argument {arg!r}; use results_dir=DIR output_dir=DIR")
-        args[key] = value
-    return args
+        if sep and key in _DEFAULTS and not value:
+            parse_options(argv[:i], _DEFAULTS, _HINT)  # an unknown argument before it first
+            raise UserError(f"unknown argument {arg!r}; {_HINT}")
+    return parse_options(argv, _DEFAULTS, _HINT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
