@@ -3,7 +3,9 @@
 Every import statement counts, at module level or inside a function (a deferred import that
 climbs a layer is still a dependency on it). The layers, lowest first:
 
-1. foundations: errors, atomic, tasks, precision, cost
+1. foundations: errors, atomic, tasks, precision, cost, and the declarations of the
+   configuration (`benchmark.config.schema`, `.parts`, `.execution`: the typed keys and parts
+   every layer receives, importing nothing above this layer)
 2. the harness parts: data, metrics, losses, backbone, distributed, speed, checkpoint
 3. the method protocol (`benchmark.method`) and the building blocks (`methods.blocks`)
 4. the methods (`methods.*`)
@@ -80,6 +82,8 @@ def layer(name: str) -> int:
     if top[0] == "methods":
         return 3 if len(top) > 1 and top[1] in ("blocks", "base") or len(top) == 1 else 4
     sub = top[1] if len(top) > 1 else ""
+    if name in ("benchmark.config.schema", "benchmark.config.parts", "benchmark.config.execution"):
+        return 1
     if sub in ("errors", "atomic", "tasks", "precision", "cost", "conf") or not sub:
         return 1
     if sub in ("data", "metrics", "losses", "backbone", "distributed", "speed", "checkpoint"):
