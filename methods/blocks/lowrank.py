@@ -291,17 +291,9 @@ class MultiTaskDoRALinear(MultiTaskLoRALinear):
     layers, and the tasks adapt only their directions. Norms are detached as in `DoRALinear`.
     """
 
-    def __init__(
-        self,
-        base: nn.Linear,
-        rank: int,
-        tasks: Iterable[str],
-        task_rank: int,
-        scale: float = 4.0,
-        task_scale: float | None = None,
-        dropout: float = 0.0,
-    ):
-        super().__init__(base, rank, tasks, task_rank, scale, task_scale, dropout)
+    def __init__(self, base: nn.Linear, *args, **kwargs):
+        """The arguments of `MultiTaskLoRALinear`."""
+        super().__init__(base, *args, **kwargs)
         self.magnitude = nn.Parameter(row_norm(base.weight.detach()).clone())
 
     def ratio(self, update: LowRank) -> Tensor:
