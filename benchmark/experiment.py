@@ -31,6 +31,7 @@ from benchmark.config import CONF_DIR, instantiate_method
 from benchmark.config.parts import DataSpec, RunSpec, parse
 from benchmark.cost import device_name
 from benchmark.data import MultiTaskData, dataset_info, load_dataset
+from benchmark.data.registry import data_version
 from benchmark.distributed import resolve_device
 from benchmark.errors import UserError
 from benchmark.metrics import delta_m
@@ -310,6 +311,7 @@ def failed_record(spec: RunSpec, method, message: str) -> dict:
         label=method.label,
         method_config=spec.method.options,
         dataset=spec.data.name,
+        data_version=data_version(spec.data.name),
         tasks=list(spec.data.tasks),
         backbone=spec.backbone.name,
         budget=spec.budget.name,
@@ -342,6 +344,7 @@ def make_record(
         label=method.label,
         method_config=spec.method.options,
         dataset=info.name,
+        data_version=data_version(info.name),
         tasks=info.tasks,
         backbone=spec.backbone.name,
         budget=spec.budget.name,

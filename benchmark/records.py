@@ -5,8 +5,9 @@ order they are written), checked by `Record.problem` before the report uses it, 
 migrated to today's names when read (`migrate_record`).
 
 A run's directory is named by what determines its result: the method and its options, the
-dataset, the backbone, the budget, the seed and the sha256 of the weights it starts from
-(so a changed checkpoint never mixes its results with the old one's). Paths and
+dataset (with the synthetic scenes' render version), the backbone, the budget, the seed and
+the sha256 of the weights it starts from (so neither new scenes nor a changed checkpoint
+ever mix their results with the old ones'). Paths and
 bookkeeping keys (dataset root, cache directory, results directory, device) do not enter
 the key, so moving the data does not invalidate finished runs. Layout:
 
@@ -30,6 +31,7 @@ from omegaconf import DictConfig
 
 from benchmark.atomic import atomic_write
 from benchmark.config.parts import RunSpec, parse
+from benchmark.data.registry import KEYLESS_RENDER_VERSION, SYNTHETIC
 from benchmark.tasks import TASKS
 
 SCHEMA = 1
@@ -39,16 +41,18 @@ REFERENCE_METHOD = "single_task"  # the method Δm is measured against (protocol
 
 def run_key(spec: RunSpec | DictConfig) -> str:
     """A hash of the settings that define a run: the method, dataset, backbone and budget
-    groups and the seed (not where files live, not options at their added-later default:
-    `benchmark.config.parts.key_part`)."""
-    spec = parse(spec)
-    parts = dict(spec.identity.groups)
+    groups, the synthetic scenes' render version, the seed and the weights' sha256 (not where
+    files live, not options at their added-later default: `benchmark.config.parts.key_part`,
+    and not render version 2: `benchmark.data.registry.content_version`)."""
+    from benchmark.backbone import weights_sha256
+    from benchmark.data.registry import content_version
     from benchmark.precision import key_budget
 
+    spec = parse(spec)
+    parts = dict(spec.identity.groups)
     parts["budget"] = key_budget(parts["budget"])  # `amp` and `precision`: one spelling
+    parts["dataset"] = {**parts["dataset"], **content_version(spec.data.name)}
     parts["seed"] = spec.identity.seed
-    from benchmark.backbone import weights_sha256
-
     parts["weights_sha256"] = weights_sha256(spec.backbone)
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
@@ -86,9 +90,13 @@ def read_record(path: Path) -> dict | None:
 
 
 def migrate_record(record: dict) -> dict:
-    """`record` in today's metric names (in place): the true root mean square of the normals
-    angle, once stored as `normals.rmse`, is `normals.rms` (the papers' "rmse" is the mean
-    angle, `normals.mean`)."""
+    """`record` in today's names (in place): the true root mean square of the normals angle,
+    once stored as `normals.rmse`, is `normals.rms` (the papers' "rmse" is the mean angle,
+    `normals.mean`); a record from before `data_version` existed was of render-2 scenes on
+    the synthetic benchmark, and of no version on a real dataset."""
+    if "data_version" not in record and isinstance(record.get("dataset"), str):
+        legacy = KEYLESS_RENDER_VERSION if record["dataset"] == SYNTHETIC else None
+        record["data_version"] = legacy
     metrics = record.get("metrics")
     normals = metrics.get("normals") if isinstance(metrics, dict) else None
     if isinstance(normals, dict) and "rmse" in normals and "rms" not in normals:
@@ -99,7 +107,8 @@ def migrate_record(record: dict) -> dict:
 # The fields of a record in the order they are written; a failed run's record has those
 # of `Run` and `error` only.
 FIELDS = (
-    "schema", "status", "error", "method", "label", "method_config", "dataset", "tasks",
+    "schema", "status", "error", "method", "label", "method_config", "dataset",
+    "data_version", "tasks",
     "backbone", "budget", "seed", "eval_resolution", "params", "metrics", "primary",
     "delta_m", "reference", "weights_sha256", "cost", "final_loss", "curves", "run_dir",
     "config", "versions",
@@ -114,6 +123,7 @@ class Run:
     label: str
     method_config: dict
     dataset: str
+    data_version: int | None  # `benchmark.data.registry.data_version`
     tasks: list[str]
     backbone: str
     budget: str

@@ -50,3 +50,23 @@ def test_the_reference_keeps_the_setting_with_the_single_task_method():
     assert ref.data == parse(cfg).data and ref.budget == parse(cfg).budget
     (direct,) = compose_all([["method=single_task", "budget=smoke", "seed=1"]])
     assert run_dir(ref, "single task") == run_dir(direct, "single task")
+
+
+def test_the_render_version_enters_the_key_from_version_3_on(monkeypatch):
+    """Records of render-v2 scenes keep their keys (the committed full-FT run of that version
+    was named full-ft-seed0-979df1280e); any other version is a different run, and real
+    datasets, whose files are the user's, carry no version."""
+    import benchmark.data.synthetic as syn
+
+    (cfg,) = compose_all([["method=full_ft"]])
+    (real,) = compose_all([["method=full_ft", "dataset=pascal_context", "backbone=swin_tiny",
+                            "backbone.weights=none"]])
+    monkeypatch.setattr(syn, "RENDER_VERSION", 2)
+    assert run_key(cfg) == "979df1280e"
+    real_key = run_key(real)
+    keys = set()
+    for version in (3, 4):
+        monkeypatch.setattr(syn, "RENDER_VERSION", version)
+        keys.add(run_key(cfg))
+        assert run_key(real) == real_key
+    assert len(keys) == 2 and "979df1280e" not in keys

@@ -16,6 +16,7 @@ from benchmark.records import (
     REFERENCE_METHOD,
     Record,
     Run,
+    migrate_record,
     read_record,
     write_json_atomic,
 )
@@ -29,7 +30,8 @@ RESULT_FIELDS = ["params", "metrics", "delta_m", "reference", "cost", "final_los
 
 def _run(**changes) -> Run:
     values = dict(method="lora", label="lora r=4", method_config={"rank": 4},
-                  dataset="synthetic", tasks=["semseg", "sal"], backbone="swin_micro",
+                  dataset="synthetic", data_version=3, tasks=["semseg", "sal"],
+                  backbone="swin_micro",
                   budget="smoke", seed=3, eval_resolution="64", weights_sha256="ab",
                   config={"seed": 3}, versions={"mtpeft": "x"})
     return Run(**{**values, **changes})
@@ -58,9 +60,9 @@ def test_a_finished_record_names_each_tasks_primary_metric():
 def test_a_failed_record_has_the_run_and_the_error_in_the_written_order():
     record = Record.failed(_run(), "RuntimeError: boom")
     assert list(record) == [
-        "schema", "status", "error", "method", "label", "method_config", "dataset", "tasks",
-        "backbone", "budget", "seed", "eval_resolution", "weights_sha256", "config",
-        "versions",
+        "schema", "status", "error", "method", "label", "method_config", "dataset",
+        "data_version", "tasks", "backbone", "budget", "seed", "eval_resolution",
+        "weights_sha256", "config", "versions",
     ]
     assert record["status"] == "failed" and record["error"] == "RuntimeError: boom"
     assert Record.problem(record) is None
@@ -95,3 +97,10 @@ def test_an_old_record_reads_in_todays_names(tmp_path):
     path = tmp_path / "result.json"
     path.write_text(json.dumps({"metrics": {"normals": {"rmse": 30.0, "mean": 20.0}}}))
     assert read_record(path)["metrics"]["normals"] == {"mean": 20.0, "rms": 30.0}
+
+
+def test_a_record_from_before_data_versions_is_of_render_2_scenes():
+    old = {"dataset": "synthetic", "metrics": {}}
+    assert migrate_record(dict(old))["data_version"] == 2
+    assert migrate_record({"dataset": "nyud"})["data_version"] is None
+    assert migrate_record({"dataset": "synthetic", "data_version": 3})["data_version"] == 3

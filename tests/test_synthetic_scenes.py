@@ -226,7 +226,87 @@ def test_label_maps_are_pinned():
             h.update(scene[key].tobytes())
         return h.hexdigest()[:16]
 
-    assert syn.RENDER_VERSION == 2
-    assert digest(syn.render_scene(SEED, "train", 0, 32)) == "6ff82ff3518590b2"
-    assert digest(syn.render_scene(SEED, "val", 7, 48)) == "cee610c91f50de0b"
+    assert syn.RENDER_VERSION == 3
+    assert digest(syn.render_scene(SEED, "train", 0, 32)) == "3b51e53a3114e7a2"
+    assert digest(syn.render_scene(SEED, "val", 7, 48)) == "d96c3cec114ed3c2"
 
+
+
+def _sampled_scenes(count: int, n: int = 32):
+    from benchmark.data.synthetic.camera import _camera_from, _streams
+    from benchmark.data.synthetic.sampling import _sample_scene
+
+    scenes = []
+    for i in range(count):
+        cam_ss, scene_ss, _ = _streams(0, SEED, "train", i)
+        cam = _camera_from(cam_ss, n)
+        scenes.append(_sample_scene(np.random.default_rng(scene_ss), cam))
+    return scenes
+
+
+def test_each_shape_class_wears_its_own_hue_band_in_most_instances():
+    """Render 3: CLASS_HUE_SHARE of a class's shapes take its hue band; the rest any hue, of
+    which the band holds its width's share. So the share of class k's shapes inside band k
+    is about SHARE + (1 - SHARE) * 2 * SPREAD, and band k holds few shapes of other classes."""
+    import colorsys
+
+    from benchmark.data.synthetic.constants import CLASS_HUE_SHARE, CLASS_HUE_SPREAD
+
+    n = len(syn.SHAPE_CLASSES)
+    inside, total, foreign = np.zeros(n), np.zeros(n), []
+    for sc in _sampled_scenes(150):
+        for cls, material in zip(sc.classes[2:], sc.materials[2:], strict=True):
+            if cls == syn.FIGURE_CLASS:
+                continue
+            k = cls - 2
+            hue = colorsys.rgb_to_hsv(*material.colours[0])[0]
+            dist = [min(abs(hue - j / n), 1 - abs(hue - j / n)) for j in range(n)]
+            total[k] += 1
+            inside[k] += dist[k] <= CLASS_HUE_SPREAD + 1e-9
+            foreign += [d <= CLASS_HUE_SPREAD + 1e-9 for j, d in enumerate(dist) if j != k]
+    expected = CLASS_HUE_SHARE + (1 - CLASS_HUE_SHARE) * 2 * CLASS_HUE_SPREAD
+    assert total.min() >= 50
+    assert np.all(np.abs(inside / total - expected) < 0.12), inside / total
+    assert np.mean(foreign) < 0.15
+
+
+def test_scene_figures_have_thicker_limbs_than_upstream_ones():
+    from benchmark.data.synthetic.constants import LIMB_SCALE
+    from benchmark.data.synthetic.objects import _make_figure
+
+    thin = _make_figure(np.random.default_rng(0), 1.8)
+    thick = _make_figure(np.random.default_rng(0), 1.8, LIMB_SCALE)
+    assert LIMB_SCALE > 1
+    upper_arm = next(p for p in thin if p.part == 3)
+    assert upper_arm.p[1] == pytest.approx(0.048 * 1.8)  # the upstream proportions
+    for a, b in zip(thin, thick, strict=True):
+        assert a.part == b.part
+        if a.part >= 3:  # limbs: capsules (end point, radius)
+            assert b.p[1] == pytest.approx(a.p[1] * LIMB_SCALE)
+        else:  # head and torso keep their size
+            assert b.br == pytest.approx(a.br)
+
+
+def test_objects_stand_in_their_distance_ranges_and_the_near_ones_are_salient():
+    from benchmark.data.synthetic.constants import (
+        FIGURE_DISTANCES,
+        SALIENT_DISTANCE,
+        SHAPE_DISTANCES,
+    )
+
+    for sc in _sampled_scenes(60):
+        by_instance: dict[int, list] = {}
+        for p in sc.prims:
+            by_instance.setdefault(p.inst, []).append(p)
+        for inst, prims in by_instance.items():
+            cls = sc.classes[inst]
+            if cls == syn.FIGURE_CLASS:
+                foot = next(p for p in prims if p.part == 2).c  # the torso stands over it
+                lo, hi = FIGURE_DISTANCES
+            else:
+                foot = np.mean([p.bc for p in prims], axis=0)
+                lo, hi = SHAPE_DISTANCES
+            d = float(np.hypot(foot[0], foot[2]))
+            assert lo - 0.5 < d < hi + 0.5
+            if abs(d - SALIENT_DISTANCE) > 0.5:
+                assert sc.salient[inst] == (d < SALIENT_DISTANCE)

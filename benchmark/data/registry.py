@@ -35,6 +35,30 @@ def trains_from_pretrained(name: str) -> bool:
     return name != SYNTHETIC
 
 
+# The render version of the synthetic scenes before it entered the run key: records of those
+# scenes keep their keys, and every later version is in the key (`content_version`).
+KEYLESS_RENDER_VERSION = 2
+
+
+def data_version(name: str) -> int | None:
+    """The version of dataset `name`'s content: the synthetic scenes' render version (None
+    for real datasets, whose files are the user's)."""
+    if name != SYNTHETIC:
+        return None
+    from benchmark.data.synthetic import RENDER_VERSION
+
+    return RENDER_VERSION
+
+
+def content_version(name: str) -> dict[str, int]:
+    """What of `data_version` enters the run key: nothing for real datasets and for the
+    render version from before it was keyed."""
+    version = data_version(name)
+    if version is None or (name == SYNTHETIC and version == KEYLESS_RENDER_VERSION):
+        return {}
+    return {"render_version": version}
+
+
 def data_spec(spec: DataSpec | DictConfig) -> DataSpec:
     """`spec` as a `DataSpec` (a `dataset` config node parsed)."""
     from benchmark.config.parts import DataSpec  # the config layer imports the methods

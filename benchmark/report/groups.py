@@ -255,6 +255,17 @@ def build_groups(records: list[dict]) -> list[Group]:
     variants = budget_variants(records)
     for r in records:
         grouped[group_key(r, variants)].append(r)
+    # Records of different scenes (render versions of the synthetic benchmark) are not
+    # comparable either: such a group splits by `data_version`, named like resolutions.
+    by_version: dict[tuple, list[dict]] = defaultdict(list)
+    for key, members in grouped.items():
+        versions = {r.get("data_version") for r in members}
+        for r in members:
+            if len(versions) > 1:
+                by_version[(*key[:3], f"{key[3]} (render {r.get('data_version')})")].append(r)
+            else:
+                by_version[key].append(r)
+    grouped = by_version
     # Scores at different resolutions (448 vs each image's own size) are not comparable:
     # such a group splits by `eval_resolution`, named in the budget part of its title.
     split: dict[tuple, list[dict]] = defaultdict(list)

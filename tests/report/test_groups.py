@@ -82,6 +82,29 @@ def test_records_scored_at_different_resolutions_form_separate_groups(tmp_path):
     assert budgets == ["paper (scored at 448)", "paper (scored at original)"]
 
 
+def test_records_of_different_scenes_form_separate_groups():
+    """Render-2 and render-3 records of one setting are two comparisons, not two seeds of
+    one; records of one version keep the plain name."""
+
+    def record(method, version, seed=0, miou=50.0):
+        return {
+            "status": "ok", "method": method, "label": method, "dataset": "synthetic",
+            "data_version": version, "tasks": ["semseg"], "backbone": "swin_micro",
+            "budget": "quick", "seed": seed, "eval_resolution": "64",
+            "metrics": {"semseg": {"miou": miou}}, "params": {"trainable": 1},
+            "_path": f"{method}-{version}-{seed}",
+        }
+
+    mixed = build_groups([record("single_task", 2, miou=17.0), record("full_ft", 2),
+                          record("single_task", 3), record("full_ft", 3, seed=1)])
+    assert sorted(g.budget for g in mixed) == ["quick (render 2)", "quick (render 3)"]
+    by_budget = {g.budget: g for g in mixed}
+    row = next(r for r in by_budget["quick (render 3)"].rows if r.method == "full_ft")
+    assert row.seeds == [1]  # not seed 0 of render 2
+    (plain,) = build_groups([record("single_task", 3), record("full_ft", 3)])
+    assert plain.budget == "quick"
+
+
 def test_groups_that_differ_only_in_a_swept_value_get_pages_of_their_own(tmp_path):
     records = swept_records(tmp_path)
     groups = build_groups([{**r, "_path": f"{i}"} for i, (_, r) in enumerate(records)])

@@ -15,17 +15,22 @@ bounding sphere), so every label is exact at the pixel centres.
   horizontally from the camera). Beyond it, and above the horizon, is sky: no geometry.
 * Shapes (`SHAPE_CLASSES`): sphere, box (rotated about the vertical only), cylinder (upright
   or lying on its side), cone (apex up), ellipsoid (one axis stretched 1.6-2.5x, rotated about
-  the vertical) and square pyramid, 3-6 per scene, 0.2-0.9 m in their half extents, 1.8-8 m
-  from the camera; a quarter of them float 0.1-0.6 m above the ground, the rest stand on it.
+  the vertical) and square pyramid, 3-6 per scene, 0.2-0.9 m in their half extents, 1.4-4.5 m
+  from the camera (`SHAPE_DISTANCES`); a quarter of them float 0.1-0.6 m above the ground,
+  the rest stand on it.
 * Figures (the person analogue, 0-3 per scene, present in about 60 % of the images):
   articulated bodies of height 1.5-2.0 m made of a head (sphere), a torso (ellipsoid,
-  leaning), upper and lower arms and legs (capsules) with random shoulder, elbow, hip and knee
-  angles, yaw and position (2.2-7 m away). They stand on the ground (their lowest point
-  touches it).
-* Appearance: colours and textures are drawn independently of the class, so only shape
-  identifies a class. Object textures are solid (3D) patterns in the object's own frame:
-  checker, stripes, dots or blotchy noise (a sum of random sinusoids), each in two random
-  colours. Figures wear per-figure colours on head / shirt / sleeves / trousers groups. The
+  leaning), upper and lower arms and legs (capsules, `LIMB_SCALE` = 1.6 times as thick as the
+  upstream set's figures) with random shoulder, elbow, hip and knee angles, yaw and position
+  (1.2-3 m away, `FIGURE_DISTANCES`). They stand on the ground (their lowest point touches
+  it).
+* Appearance: each shape class has a hue band (class k of the six: hue k/6 +- 0.04,
+  saturation 0.55-0.95, value 0.5-1), which 75 % of its instances wear (`CLASS_HUE_SHARE`);
+  the other quarter, the figures and all textures take colours drawn independently of the
+  class, so colour is a strong cue but not a label. Object textures are solid (3D) patterns
+  in the object's own frame: checker, stripes, dots or blotchy noise (a sum of random
+  sinusoids), each in two colours. Figures wear per-figure colours on head / shirt / sleeves /
+  trousers groups. The
   ground gets tiles, stripes, noise or a plain colour; the sky a two-colour gradient. Shading
   is Lambertian under one random directional light plus ambient, with a Blinn-Phong specular
   term, cast shadows (a shadow ray from every lit point against every other primitive) and
@@ -41,7 +46,7 @@ Labels (H x W per image)
   which carry the part id (1 head, 2 torso, 3 upper arm, 4 lower arm, 5 upper leg, 6 lower
   leg); if no figure pixel is visible, 255 (ignored) everywhere.
 * `sal` uint8: 1 on the visible pixels of every object (shape or figure) whose ground
-  position lies less than `SALIENT_DISTANCE` (3.5 m, measured horizontally from the camera to
+  position lies less than `SALIENT_DISTANCE` (2.6 m, measured horizontally from the camera to
   the centre of the object's footprint) from the camera, 0 elsewhere. Ground and sky are
   never salient; distant objects are not salient.
 * `normals` float32 (H, W, 3): the unit surface normal in the camera frame, oriented towards
@@ -76,13 +81,14 @@ Caching
 -------
 `load_split` and `load_upstream` render on first use and keep the arrays as one
 uncompressed .npz under `cache_dir()/synthetic/` (`benchmark.data.cache`), named by
-`RENDER_VERSION`, seed, split, size and image size. A file is written to a temporary name and
+`RENDER_VERSION` (`UPSTREAM_VERSION` for the upstream set), seed, split, size and image
+size. A file is written to a temporary name and
 renamed into place, so a crash never leaves a partial file; a file that cannot be read back is
 rendered again.
 
 Modules
 -------
-`constants` (classes, distances, `RENDER_VERSION`), `geometry` (primitives, ray intersection,
+`constants` (classes, distances, the versions), `geometry` (primitives, ray intersection,
 normals), `camera` (the pinhole camera, its rays and the random streams), `textures`,
 `objects` (shapes and figures), `sampling` (a random scene), `render` (tracing, shadows,
 shading), `scene` (`render_scene`: an image and its labels), `upstream` (the upstream set) and
@@ -107,6 +113,7 @@ from benchmark.data.synthetic.constants import (
     SPLIT_SIZES_DEFAULT,
     TASK_ARRAYS,
     UPSTREAM_CLASSES,
+    UPSTREAM_VERSION,
 )
 from benchmark.data.synthetic.scene import render_scene
 from benchmark.data.synthetic.store import load_split, load_upstream, render_split, render_upstream
@@ -126,6 +133,7 @@ __all__ = [
     "SPLIT_SIZES_DEFAULT",
     "TASK_ARRAYS",
     "UPSTREAM_CLASSES",
+    "UPSTREAM_VERSION",
     "camera_intrinsics",
     "load_split",
     "load_upstream",

@@ -70,9 +70,9 @@ def _make_shape(rng, name):
     raise ValueError(name)
 
 
-def _make_figure(rng, height):
+def _make_figure(rng, height, limb_scale=1.0):
     """An articulated figure in its own frame (y down, facing +z, feet on y = 0): its
-    primitives, with their part ids set."""
+    primitives, with their part ids set; `limb_scale` thickens the arms and legs."""
     H = height
     lean = _rot_z(rng.normal(0.0, 0.06)) @ _rot_x(-rng.uniform(-0.15, 0.4))
     twist = _rot_y(rng.normal(0.0, 0.2))
@@ -87,7 +87,7 @@ def _make_figure(rng, height):
     torso = _ellipsoid(np.array([0.135, 0.19, 0.085]) * H, R=upper, c=body((0.0, -0.15, 0.0)))
     torso.part = 2
     parts += [head, torso]
-    arm_r, leg_r = 0.048 * H, 0.062 * H
+    arm_r, leg_r = 0.048 * H * limb_scale, 0.062 * H * limb_scale
     for s in (-1.0, 1.0):
         shoulder = body((s * 0.15, -0.285, 0.0))
         frame = upper @ _rot_x(rng.uniform(-0.9, 2.8)) @ _rot_z(-s * rng.uniform(0.1, 1.6))

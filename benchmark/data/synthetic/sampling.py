@@ -9,8 +9,11 @@ import math
 import numpy as np
 
 from benchmark.data.synthetic.constants import (
+    CLASS_HUE_SHARE,
+    CLASS_HUE_SPREAD,
     FIGURE_CLASS,
     FIGURE_DISTANCES,
+    LIMB_SCALE,
     SALIENT_DISTANCE,
     SHAPE_CLASSES,
     SHAPE_DISTANCES,
@@ -18,6 +21,7 @@ from benchmark.data.synthetic.constants import (
 from benchmark.data.synthetic.geometry import _Prim, _rot_y
 from benchmark.data.synthetic.objects import _figure_material, _make_figure, _make_shape
 from benchmark.data.synthetic.textures import (
+    _class_colour_pair,
     _colour_pair,
     _Material,
     _random_colour,
@@ -100,7 +104,7 @@ def _sample_scene(rng, cam) -> _Scene:
     floor_y = cam.height
     for _ in range(n_fig):
         height = rng.uniform(1.5, 2.0)
-        parts = _make_figure(rng, height)
+        parts = _make_figure(rng, height, LIMB_SCALE)
         spot = _place(rng, cam, taken, 0.35 * height, FIGURE_DISTANCES)
         if spot is None:
             continue
@@ -124,6 +128,10 @@ def _sample_scene(rng, cam) -> _Scene:
         shift = np.array([x, floor_y - lift - bottom, z])
         prims = [p.moved(rot, shift) for p in prims]
         pattern, prm = _sample_pattern(rng, upstream=False)
-        material = _Material(rng, pattern, prm, _colour_pair(rng), shift, rot)
+        if rng.uniform() < CLASS_HUE_SHARE:
+            colours = _class_colour_pair(rng, cls, len(SHAPE_CLASSES), CLASS_HUE_SPREAD)
+        else:
+            colours = _colour_pair(rng)
+        material = _Material(rng, pattern, prm, colours, shift, rot)
         sc.add(prims, 2 + cls, material, d < SALIENT_DISTANCE)
     return sc

@@ -12,7 +12,12 @@ import numpy as np
 from benchmark.atomic import atomic_write
 from benchmark.data.cache import cache_dir
 from benchmark.data.pool import pool_context
-from benchmark.data.synthetic.constants import _SPLIT_CODES, RENDER_VERSION, TASK_ARRAYS
+from benchmark.data.synthetic.constants import (
+    _SPLIT_CODES,
+    RENDER_VERSION,
+    TASK_ARRAYS,
+    UPSTREAM_VERSION,
+)
 from benchmark.data.synthetic.scene import render_scene
 from benchmark.data.synthetic.upstream import render_upstream_image
 
@@ -103,7 +108,8 @@ def render_upstream(seed: int, split: str, size: int, image_size: int, progress:
 
 def _cache_path(root, kind, seed, split, size, image_size) -> pathlib.Path:
     base = pathlib.Path(root).expanduser() if root is not None else cache_dir()
-    name = f"{kind}-v{RENDER_VERSION}-seed{seed}-{split}-n{size}-px{image_size}.npz"
+    version = UPSTREAM_VERSION if kind == "upstream" else RENDER_VERSION
+    name = f"{kind}-v{version}-seed{seed}-{split}-n{size}-px{image_size}.npz"
     return base / "synthetic" / name
 
 

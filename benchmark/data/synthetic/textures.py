@@ -125,6 +125,13 @@ def _colour_pair(rng):
     return np.stack([c1, c2])
 
 
+def _class_colour_pair(rng, k: int, n: int, spread: float):
+    """Two colours in class k's hue band (hue k/n +- spread): a bright one and its shade."""
+    hue = (k / n + rng.uniform(-spread, spread)) % 1.0
+    c1 = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 0.95), rng.uniform(0.5, 1.0)))
+    return np.stack([c1, np.clip(c1 * rng.uniform(0.5, 0.9), 0.0, 1.0)])
+
+
 class _Material:
     """Appearance of one instance: a pattern in the instance frame, two colours (or one pair
     per figure part), specular strength and exponent."""
