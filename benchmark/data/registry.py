@@ -54,9 +54,7 @@ def content_version(name: str) -> dict[str, int]:
     """What of `data_version` enters the run key: nothing for real datasets and for the
     render version from before it was keyed."""
     version = data_version(name)
-    if version is None or (name == SYNTHETIC and version == KEYLESS_RENDER_VERSION):
-        return {}
-    return {"render_version": version}
+    return {} if version in (None, KEYLESS_RENDER_VERSION) else {"render_version": version}
 
 
 def data_spec(spec: DataSpec | DictConfig) -> DataSpec:
