@@ -63,6 +63,9 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
     if group.ok_rows and not curves.has_curves(group.ok_rows):
         notes.append("No learning curves: these records were written before runs kept their "
                      "per-epoch losses; a re-run (force=true) records them.")
+    mixed = device_note(group)
+    if mixed:
+        notes.append(mixed)
     _, mark_cpu = memory_note(group)
     if mark_cpu:
         notes.append("† peak memory measured as the rise of the process's resident memory on "
@@ -111,6 +114,25 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def device_note(group: Group) -> str | None:
+    """Which runs ran on another device than most of the group's, or None when they all ran
+    on one: their times, rates and memory are not comparable with the rest."""
+    runs_by_device: dict[str, list[str]] = {}
+    for row in group.ok_rows:
+        for run in row.runs:
+            device = (run.get("cost") or {}).get("device")
+            if device:
+                runs_by_device.setdefault(str(device), []).append(f"{row.label} seed {run['seed']}")
+    if len(runs_by_device) < 2:
+        return None
+    common = max(sorted(runs_by_device), key=lambda d: len(runs_by_device[d]))
+    others = "; ".join(f"{device}: {', '.join(runs)}" for device, runs in
+                       sorted(runs_by_device.items()) if device != common)
+    return (f"Not every run ran on one device: {len(runs_by_device[common])} on {common}, the "
+            f"others on {others}. Train time, images/s and peak memory (and the Pareto front "
+            "against time) compare only runs on the same device.")
 
 
 def statistics_text(group: Group) -> list[str]:

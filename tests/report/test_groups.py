@@ -111,3 +111,22 @@ def test_groups_that_differ_only_in_a_swept_value_get_pages_of_their_own(tmp_pat
     assert len(groups) == 2
     assert len({g.slug for g in groups}) == 2
     assert {g.budget for g in groups} == {"smoke (lr=1e+40)", "smoke (lr=1e-40)"}
+
+
+def test_runs_on_other_devices_are_named_in_a_note(tmp_path):
+    results = tmp_path / "results"
+    published_records(results)  # six records on "test gpu"
+    odd = make_record("lora r=8", "lora", (60, 50, 50, 20), seed=3)
+    odd["cost"]["device"] = "cpu (1 threads)"
+    write(results, odd)
+    (page,) = build(results, tmp_path / "reports")
+    text = page.read_text()
+    assert ("Not every run ran on one device: 6 on test gpu, the others on cpu (1 threads): "
+            "lora r=8 seed 3.") in text
+
+
+def test_runs_on_one_device_need_no_device_note(tmp_path):
+    results = tmp_path / "results"
+    published_records(results)
+    (page,) = build(results, tmp_path / "reports")
+    assert "Not every run ran on one device" not in page.read_text()
