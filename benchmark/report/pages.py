@@ -119,20 +119,26 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
 def device_note(group: Group) -> str | None:
     """Which runs ran on another device than most of the group's, or None when they all ran
     on one: their times, rates and memory are not comparable with the rest."""
-    runs_by_device: dict[str, list[str]] = {}
+    seeds: dict[str, dict[str, list[int]]] = {}  # device -> row label -> seeds
     for row in group.ok_rows:
         for run in row.runs:
             device = (run.get("cost") or {}).get("device")
             if device:
-                runs_by_device.setdefault(str(device), []).append(f"{row.label} seed {run['seed']}")
-    if len(runs_by_device) < 2:
+                seeds.setdefault(str(device), {}).setdefault(row.label, []).append(run["seed"])
+    if len(seeds) < 2:
         return None
-    common = max(sorted(runs_by_device), key=lambda d: len(runs_by_device[d]))
-    others = "; ".join(f"{device}: {', '.join(runs)}" for device, runs in
-                       sorted(runs_by_device.items()) if device != common)
-    return (f"Not every run ran on one device: {len(runs_by_device[common])} on {common}, the "
-            f"others on {others}. Train time, images/s and peak memory (and the Pareto front "
-            "against time) compare only runs on the same device.")
+    count = {device: sum(map(len, rows.values())) for device, rows in seeds.items()}
+    common = max(sorted(seeds), key=count.get)
+
+    def runs(rows: dict[str, list[int]]) -> str:
+        return ", ".join(f"{label} (seed{'s' * (len(s) > 1)} {', '.join(map(str, s))})"
+                         for label, s in rows.items())
+
+    others = "; ".join(f"{device}: {runs(rows)}" for device, rows in sorted(seeds.items())
+                       if device != common)
+    return (f"Not every run ran on one device: {count[common]} on {common}, the others on "
+            f"{others}. Train time, images/s and peak memory (and the Pareto front against "
+            "time) compare only runs on the same device.")
 
 
 def statistics_text(group: Group) -> list[str]:

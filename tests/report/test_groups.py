@@ -116,13 +116,17 @@ def test_groups_that_differ_only_in_a_swept_value_get_pages_of_their_own(tmp_pat
 def test_runs_on_other_devices_are_named_in_a_note(tmp_path):
     results = tmp_path / "results"
     published_records(results)  # six records on "test gpu"
-    odd = make_record("lora r=8", "lora", (60, 50, 50, 20), seed=3)
-    odd["cost"]["device"] = "cpu (1 threads)"
+    for seed in (3, 4):
+        odd = make_record("lora r=8", "lora", (60, 50, 50, 20), seed=seed)
+        odd["cost"]["device"] = "cpu (1 threads)"
+        write(results, odd)
+    odd = make_record("bitfit", "bitfit", (55, 50, 50, 20), seed=0)
+    odd["cost"]["device"] = "cpu (2 threads)"
     write(results, odd)
     (page,) = build(results, tmp_path / "reports")
     text = page.read_text()
     assert ("Not every run ran on one device: 6 on test gpu, the others on cpu (1 threads): "
-            "lora r=8 seed 3.") in text
+            "lora r=8 (seeds 3, 4); cpu (2 threads): bitfit (seed 0).") in text
 
 
 def test_runs_on_one_device_need_no_device_note(tmp_path):
