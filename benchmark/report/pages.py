@@ -28,8 +28,8 @@ THREE_SEEDS = (0, 1, 2)
 def group_page(group: Group, figures: dict[str, Path]) -> str:
     ok = [run for row in group.ok_rows for run in row.runs]
     resolutions = sorted({str(r.get("eval_resolution")) for r in ok if "eval_resolution" in r})
-    devices = sorted({str((r.get("cost") or {}).get("device")) for r in ok
-                      if (r.get("cost") or {}).get("device")})
+    by_device = seeds_by_device(group)
+    devices = sorted(by_device)
     seeds = sorted({s for row in group.rows for s in row.seeds})
     n_failed = sum(len(r.runs) for r in group.failed_rows)
     lines = [
@@ -63,7 +63,7 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
     if group.ok_rows and not curves.has_curves(group.ok_rows):
         notes.append("No learning curves: these records were written before runs kept their "
                      "per-epoch losses; a re-run (force=true) records them.")
-    mixed = device_note(group)
+    mixed = device_note(by_device)
     if mixed:
         notes.append(mixed)
     _, mark_cpu = memory_note(group)
@@ -116,15 +116,22 @@ def group_page(group: Group, figures: dict[str, Path]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def device_note(group: Group) -> str | None:
-    """Which runs ran on another device than most of the group's, or None when they all ran
-    on one: their times, rates and memory are not comparable with the rest."""
-    seeds: dict[str, dict[str, list[int]]] = {}  # device -> row label -> seeds
+def seeds_by_device(group: Group) -> dict[str, dict[str, list[int]]]:
+    """device -> row label -> the seeds of that row's finished runs on it (runs whose
+    record names no device are left out)."""
+    seeds: dict[str, dict[str, list[int]]] = {}
     for row in group.ok_rows:
         for run in row.runs:
             device = (run.get("cost") or {}).get("device")
             if device:
                 seeds.setdefault(str(device), {}).setdefault(row.label, []).append(run["seed"])
+    return seeds
+
+
+def device_note(seeds: dict[str, dict[str, list[int]]]) -> str | None:
+    """Which runs ran on another device than most of the group's (`seeds_by_device`), or
+    None when they all ran on one: their times, rates and memory are not comparable with
+    the rest."""
     if len(seeds) < 2:
         return None
     count = {device: sum(map(len, rows.values())) for device, rows in seeds.items()}
